@@ -1,0 +1,28 @@
+//! The contract between a ferry host and its guests.
+//!
+//! Both sides of ferry meet here and only here: the host runtime (`ferry`) and the guest SDK
+//! (`ferry-guest`) each depend on this crate and never on each other. It holds
+//!
+//! - the ids ([`ObjectId`], [`ModuleId`]) and the wire form of an [`ObjectRef`];
+//! - typed call handles ([`RemoteFn`]) and the argument traits ([`Arg`], [`IntoArgs`]) that make
+//!   a wrong argument type a compile error on either side;
+//! - the guest ABI: import and export names, status codes, and the messages that cross the
+//!   boundary ([`abi`]);
+//! - with the `manifest` feature, the function manifest a module carries ([`manifest`]).
+//!
+//! The crate is `no_std` + `alloc` so that it builds for `wasm32-unknown-unknown` with nothing
+//! else; the manifest needs `std` because its type formats come from `serde-reflection`.
+#![no_std]
+
+extern crate alloc;
+
+pub mod abi;
+mod args;
+mod ids;
+#[cfg(feature = "manifest")]
+pub mod manifest;
+mod object_ref;
+
+pub use args::{Arg, ArgSink, IntoArgs, RemoteFn, UntypedArgs};
+pub use ids::{ModuleId, ObjectId, ParseIdError};
+pub use object_ref::{ObjectRef, RefHooks, install_ref_hooks};

@@ -1,0 +1,379 @@
+//! The driver API: what a program using ferry calls.
+//!
+//! A [`Client`] talks to a cluster. [`Client::embedded`] starts a single-node cluster inside
+//! the process, which is the default way to run; the same API will reach a remote cluster.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use ferry::{Client, ObjectRef};
+//! let client = Client::embedded()?;
+//! let module = client.load_file("guest.wasm")?;
+//! let x = client.put(&20i64)?;
+//! // By name, with a tuple; a top-level ref is resolved to its value first.
+//! let sum: ObjectRef<i64> = module.call("add", (&x, 22i64))?;
+//! assert_eq!(client.get(&sum).await?, 42);
+//! # Ok(()) }
+//! ```
+
+use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_abi::abi::CallArg;
+use ferry_abi::manifest::FunctionSig;
+use ferry_abi::{IntoArgs, ModuleId, ObjectId, ObjectRef, RemoteFn, UntypedArgs};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{self, HostArgSink};
+use crate::config::NodeConfig;
+use crate::error::{CallError, GetError, ModuleError, PutError};
+use crate::node::{Node, NodeError, NodeInner, NodeStats};
+use crate::objects::ObjectState;
+use crate::wasm::LoadedModule;
+
+/// A connection to a ferry cluster. Cheap to clone; the embedded node stops when the last
+/// clone (and every module handle) is dropped.
+#[derive(Clone, Debug)]
+pub struct Client {
+    node: Arc<Node>,
+}
+
+impl Client {
+    /// Starts an embedded single-node cluster with the default configuration.
+    pub fn embedded() -> Result<Self, NodeError> {
+        Self::embedded_with(NodeConfig::default())
+    }
+
+    /// Starts an embedded single-node cluster.
+    pub fn embedded_with(config: NodeConfig) -> Result<Self, NodeError> {
+        Ok(Self {
+            node: Arc::new(Node::start(config)?),
+        })
+    }
+
+    fn inner(&self) -> &Arc<NodeInner> {
+        self.node.inner()
+    }
+
+    /// Loads a module from its bytes. The module is known by the hash of its bytes: loading
+    /// the same bytes again returns the loaded module without compiling, and compiled code is
+    /// cached on disk for the next start.
+    pub fn load(&self, wasm: &[u8]) -> Result<ModuleHandle, ModuleError> {
+        let inner = self.inner();
+        let prepared = inner.modules.prepare(wasm)?;
+        let node = inner.clone();
+        let loaded = inner.block_on(async move {
+            let (time, mem) = (node.config.time_limit, node.config.memory_limit);
+            node.modules.finish(prepared, time, mem).await
+        })?;
+        Ok(ModuleHandle {
+            client: self.clone(),
+            module: loaded,
+        })
+    }
+
+    /// Loads a module from a `.wasm` file.
+    pub fn load_file(&self, path: impl AsRef<Path>) -> Result<ModuleHandle, ModuleError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| ModuleError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load(&bytes)
+    }
+
+    /// Stores a value and returns a ref to it. The value is encoded straight into the store.
+    pub fn put<T: Serialize + ?Sized>(&self, value: &T) -> Result<ObjectRef<T>, PutError> {
+        let inner = self.inner();
+        let (sealed, refs) = codec::encode_into_store(&inner.store, value)?;
+        let id = inner.ids.next();
+        inner.objects.insert_ready(id, sealed, refs, 1);
+        Ok(ObjectRef::adopt(id))
+    }
+
+    /// Waits for the object and returns its value.
+    pub async fn get<T: DeserializeOwned>(&self, r: &ObjectRef<T>) -> Result<T, GetError> {
+        self.get_opt(r, None).await
+    }
+
+    /// Like [`get`](Self::get), failing with [`GetError::Timeout`] after `timeout`.
+    pub async fn get_timeout<T: DeserializeOwned>(
+        &self,
+        r: &ObjectRef<T>,
+        timeout: Duration,
+    ) -> Result<T, GetError> {
+        self.get_opt(r, Some(timeout)).await
+    }
+
+    async fn get_opt<T: DeserializeOwned>(
+        &self,
+        r: &ObjectRef<T>,
+        timeout: Option<Duration>,
+    ) -> Result<T, GetError> {
+        let id = r.id();
+        if let Some(v) = self.try_get_now(id) {
+            return v;
+        }
+        let node = self.inner().clone();
+        let sealed = self
+            .inner()
+            .handle
+            .spawn(async move { node.objects.wait_ready(id, timeout).await })
+            .await
+            .map_err(|_| GetError::NodeStopped)??;
+        decode(id, sealed.bytes())
+    }
+
+    /// The value if the object is already complete (no waiting, no task switch).
+    fn try_get_now<T: DeserializeOwned>(&self, id: ObjectId) -> Option<Result<T, GetError>> {
+        match self.inner().objects.state(id) {
+            None => Some(Err(GetError::ObjectLost { id })),
+            Some(ObjectState::Ready(sealed)) => Some(decode(id, sealed.bytes())),
+            Some(ObjectState::Failed(e)) => Some(Err(GetError::Task((*e).clone()))),
+            Some(ObjectState::Pending) => None,
+        }
+    }
+
+    /// Blocking form of [`get`](Self::get), for code that is not async.
+    pub fn get_blocking<T: DeserializeOwned>(&self, r: &ObjectRef<T>) -> Result<T, GetError> {
+        self.get_blocking_opt(r, None)
+    }
+
+    /// Blocking form of [`get_timeout`](Self::get_timeout).
+    pub fn get_blocking_timeout<T: DeserializeOwned>(
+        &self,
+        r: &ObjectRef<T>,
+        timeout: Duration,
+    ) -> Result<T, GetError> {
+        self.get_blocking_opt(r, Some(timeout))
+    }
+
+    fn get_blocking_opt<T: DeserializeOwned>(
+        &self,
+        r: &ObjectRef<T>,
+        timeout: Option<Duration>,
+    ) -> Result<T, GetError> {
+        let id = r.id();
+        if let Some(v) = self.try_get_now(id) {
+            return v;
+        }
+        let node = self.inner().clone();
+        let sealed = self
+            .inner()
+            .block_on(async move { node.objects.wait_ready(id, timeout).await })?;
+        decode(id, sealed.bytes())
+    }
+
+    /// Gets every object, in order; fails with the first error.
+    pub async fn get_many<T: DeserializeOwned>(
+        &self,
+        refs: &[ObjectRef<T>],
+    ) -> Result<Vec<T>, GetError> {
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
+            out.push(self.get(r).await?);
+        }
+        Ok(out)
+    }
+
+    /// Waits until `num_ready` of `refs` are complete (ready or failed) or `timeout` passes,
+    /// and splits them into `(ready, pending)` in their original order, like `ray.wait`.
+    pub async fn wait<T>(
+        &self,
+        refs: Vec<ObjectRef<T>>,
+        num_ready: usize,
+        timeout: Option<Duration>,
+    ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+        let ids: Vec<ObjectId> = refs.iter().map(ObjectRef::id).collect();
+        let node = self.inner().clone();
+        let flags = self
+            .inner()
+            .handle
+            .spawn(async move { node.objects.wait_many(&ids, num_ready, timeout).await })
+            .await
+            .unwrap_or_default();
+        split(refs, &flags)
+    }
+
+    /// The node's figures: store, objects, modules, tasks.
+    pub fn stats(&self) -> NodeStats {
+        self.inner().stats()
+    }
+
+    /// The current reference count of an object, or `None` if it has been freed.
+    pub fn ref_count<T>(&self, r: &ObjectRef<T>) -> Option<u64> {
+        self.inner().objects.ref_count(r.id())
+    }
+
+    /// Whether the object with this id still exists (it is freed when no reference is left).
+    pub fn exists(&self, id: ObjectId) -> bool {
+        self.inner().objects.state(id).is_some()
+    }
+}
+
+fn split<T>(refs: Vec<ObjectRef<T>>, flags: &[bool]) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+    let mut ready = Vec::new();
+    let mut pending = Vec::new();
+    for (i, r) in refs.into_iter().enumerate() {
+        if flags.get(i).copied().unwrap_or(false) {
+            ready.push(r);
+        } else {
+            pending.push(r);
+        }
+    }
+    (ready, pending)
+}
+
+fn decode<T: DeserializeOwned>(id: ObjectId, bytes: &[u8]) -> Result<T, GetError> {
+    postcard::from_bytes(bytes).map_err(|source| GetError::Decode {
+        id,
+        type_name: std::any::type_name::<T>(),
+        source,
+    })
+}
+
+/// A module loaded on the cluster.
+#[derive(Clone)]
+pub struct ModuleHandle {
+    client: Client,
+    module: Arc<LoadedModule>,
+}
+
+impl std::fmt::Debug for ModuleHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.module.fmt(f)
+    }
+}
+
+impl ModuleHandle {
+    /// The module's id (the hash of its bytes).
+    pub fn id(&self) -> ModuleId {
+        self.module.id
+    }
+
+    /// The module's functions with their signatures, by name.
+    pub fn functions(&self) -> impl Iterator<Item = &FunctionSig> {
+        self.module.functions.values()
+    }
+
+    /// One function's signature.
+    pub fn signature(&self, name: &str) -> Option<&FunctionSig> {
+        self.module.functions.get(name)
+    }
+
+    /// A typed handle for `f` (from `#[remote]`: `my_guest::add::REMOTE`). Checks that the
+    /// module has the function with the same signature.
+    pub fn function<P, R>(&self, f: RemoteFn<P, R>) -> Result<TypedFunction<P, R>, CallError> {
+        let sig = self.signature(f.name()).ok_or_else(|| self.unknown(f.name()))?;
+        let found = sig.display_signature();
+        if normalize(&found) != normalize(f.signature()) {
+            return Err(CallError::SignatureMismatch {
+                function: f.name().to_owned(),
+                expected: f.signature().to_owned(),
+                found,
+            });
+        }
+        Ok(TypedFunction {
+            module: self.clone(),
+            name: f.name(),
+            _types: PhantomData,
+        })
+    }
+
+    fn unknown(&self, function: &str) -> CallError {
+        CallError::UnknownFunction {
+            function: function.to_owned(),
+            module: self.id(),
+            available: self
+                .module
+                .functions
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// Calls `function` with a tuple of serde values and returns at once with a ref to its
+    /// result. A top-level argument that is exactly one `ObjectRef` is resolved to its value
+    /// before the function runs; refs nested inside arguments stay refs.
+    pub fn call<R>(&self, function: &str, args: impl UntypedArgs) -> Result<ObjectRef<R>, CallError> {
+        let mut sink = HostArgSink::default();
+        args.encode_args(&mut sink);
+        self.submit(function, sink)
+    }
+
+    /// Calls `function` with arguments already encoded (postcard) — used by the CLI.
+    pub fn call_encoded<R>(
+        &self,
+        function: &str,
+        args: Vec<CallArg>,
+    ) -> Result<ObjectRef<R>, CallError> {
+        let id = self
+            .client
+            .inner()
+            .submit(self.id(), function, args)?;
+        Ok(ObjectRef::adopt(id))
+    }
+
+    fn submit<R>(&self, function: &str, sink: HostArgSink) -> Result<ObjectRef<R>, CallError> {
+        if let Some((argument, source)) = sink.error {
+            return Err(CallError::Serialize {
+                function: function.to_owned(),
+                argument,
+                source,
+            });
+        }
+        self.call_encoded(function, sink.args)
+    }
+
+    /// The client this module was loaded through.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Whitespace-insensitive comparison of signatures.
+fn normalize(sig: &str) -> String {
+    sig.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// A function of a loaded module with its parameter and result types known to the compiler.
+pub struct TypedFunction<P, R> {
+    module: ModuleHandle,
+    name: &'static str,
+    _types: PhantomData<fn(P) -> R>,
+}
+
+impl<P, R> Clone for TypedFunction<P, R> {
+    fn clone(&self) -> Self {
+        Self {
+            module: self.module.clone(),
+            name: self.name,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<P, R> std::fmt::Debug for TypedFunction<P, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TypedFunction({})", self.name)
+    }
+}
+
+impl<P, R> TypedFunction<P, R> {
+    /// Calls the function and returns at once with a ref to its result. Each argument is the
+    /// parameter's type, or an `ObjectRef` to one (resolved to its value before the call).
+    pub fn call<A: IntoArgs<P>>(&self, args: A) -> Result<ObjectRef<R>, CallError> {
+        let mut sink = HostArgSink::default();
+        args.encode_args(&mut sink);
+        self.module.submit(self.name, sink)
+    }
+
+    /// The function's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}

@@ -1,0 +1,160 @@
+//! Encoding values on the host, and the host's ref hooks.
+//!
+//! Values are postcard. While a value is encoded, every `ObjectRef` inside it reports itself
+//! through the `serialized` hook, so the host learns which refs an object contains without
+//! knowing its type. Cloning, decoding and dropping refs adjust the reference count on the
+//! node that owns the object (its id names the owner; [`register_owner`] maps it to a table).
+
+use std::cell::RefCell;
+use std::sync::{Arc, RwLock, Weak};
+
+use ferry_abi::abi::CallArg;
+use ferry_abi::{ArgSink, ObjectId, RefHooks};
+use serde::Serialize;
+
+use crate::error::PutError;
+use crate::ids::NodeId;
+use crate::objects::ObjectTable;
+use crate::store::{ObjectStore, Sealed};
+
+type Owners = Vec<(u64, Weak<ObjectTable>)>;
+
+static OWNERS: RwLock<Owners> = RwLock::new(Vec::new());
+
+thread_local! {
+    static COLLECTORS: RefCell<Vec<Vec<ObjectId>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn owners() -> std::sync::RwLockReadGuard<'static, Owners> {
+    OWNERS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn table_for(id: ObjectId) -> Option<Arc<ObjectTable>> {
+    let owner = id.owner();
+    owners()
+        .iter()
+        .find(|(o, _)| *o == owner)
+        .and_then(|(_, t)| t.upgrade())
+}
+
+fn hook_retain(id: ObjectId) {
+    if let Some(t) = table_for(id) {
+        t.retain(id);
+    }
+}
+
+fn hook_release(id: ObjectId) {
+    if let Some(t) = table_for(id) {
+        t.release(id);
+    }
+}
+
+fn hook_serialized(id: ObjectId) {
+    COLLECTORS.with(|c| {
+        if let Some(top) = c.borrow_mut().last_mut() {
+            top.push(id);
+        }
+    });
+}
+
+static HOST_HOOKS: RefHooks = RefHooks {
+    retain: hook_retain,
+    release: hook_release,
+    serialized: hook_serialized,
+};
+
+/// Makes refs owned by `node` count against `table`.
+pub fn register_owner(node: NodeId, table: &Arc<ObjectTable>) {
+    ferry_abi::install_ref_hooks(&HOST_HOOKS);
+    let mut o = OWNERS.write().unwrap_or_else(|e| e.into_inner());
+    o.retain(|(_, t)| t.strong_count() > 0);
+    o.push((node.0, Arc::downgrade(table)));
+}
+
+/// Forgets `node`'s table (the node stopped).
+pub fn unregister_owner(node: NodeId) {
+    let mut o = OWNERS.write().unwrap_or_else(|e| e.into_inner());
+    o.retain(|(n, t)| *n != node.0 && t.strong_count() > 0);
+}
+
+/// Runs `f` while collecting the refs serialized on this thread.
+fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<ObjectId>) {
+    COLLECTORS.with(|c| c.borrow_mut().push(Vec::new()));
+    let r = f();
+    let refs = COLLECTORS.with(|c| c.borrow_mut().pop().unwrap_or_default());
+    (r, refs)
+}
+
+/// Encodes `value`, returning its bytes and the refs inside it.
+pub fn encode<T: Serialize + ?Sized>(
+    value: &T,
+) -> Result<(Vec<u8>, Vec<ObjectId>), postcard::Error> {
+    let (bytes, refs) = collecting(|| postcard::to_allocvec(value));
+    Ok((bytes?, refs))
+}
+
+/// Encodes `value` straight into a new store object: one pass to size it, one to write it in
+/// place, no intermediate buffer.
+pub fn encode_into_store<T: Serialize + ?Sized>(
+    store: &ObjectStore,
+    value: &T,
+) -> Result<(Arc<Sealed>, Vec<ObjectId>), PutError> {
+    let len = postcard::experimental::serialized_size(value).map_err(PutError::Serialize)?;
+    let mut block = store.allocate(len)?;
+    let (written, refs) = collecting(|| postcard::to_slice(value, block.as_mut_slice()).map(|s| s.len()));
+    let written = written.map_err(PutError::Serialize)?;
+    if written != len {
+        // A Serialize impl that writes differently on two passes; refuse rather than store junk.
+        return Err(PutError::Serialize(postcard::Error::SerializeBufferFull));
+    }
+    Ok((block.seal(), refs))
+}
+
+/// Builds the argument list of a call made by the host (a driver).
+#[derive(Debug, Default)]
+pub struct HostArgSink {
+    /// The arguments so far.
+    pub args: Vec<CallArg>,
+    /// The first argument that did not serialize (1-based position and the error).
+    pub error: Option<(usize, postcard::Error)>,
+}
+
+impl HostArgSink {
+    fn push_value<T: Serialize + ?Sized>(&mut self, value: &T, untyped: bool) {
+        match encode(value) {
+            Ok((bytes, refs)) => {
+                if untyped
+                    && let [id] = refs.as_slice()
+                    && bytes == id.0
+                {
+                    self.args.push(CallArg::Object(*id));
+                } else {
+                    self.args.push(CallArg::Value { bytes, refs });
+                }
+            }
+            Err(e) => {
+                if self.error.is_none() {
+                    self.error = Some((self.args.len() + 1, e));
+                }
+                self.args.push(CallArg::Value {
+                    bytes: Vec::new(),
+                    refs: Vec::new(),
+                });
+            }
+        }
+    }
+}
+
+impl ArgSink for HostArgSink {
+    fn value<T: Serialize + ?Sized>(&mut self, value: &T) {
+        self.push_value(value, false);
+    }
+
+    fn object(&mut self, id: ObjectId) {
+        self.args.push(CallArg::Object(id));
+    }
+
+    fn untyped<T: Serialize + ?Sized>(&mut self, value: &T) {
+        self.push_value(value, true);
+    }
+}

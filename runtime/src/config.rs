@@ -1,0 +1,74 @@
+//! Node configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a node is set up. `NodeConfig::default()` suits a laptop; every field can be changed.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Directory of the object store file. Default: `/dev/shm` where it exists (memory-backed),
+    /// else the system temporary directory.
+    pub store_dir: PathBuf,
+    /// Object store capacity in bytes, reserved in full at start-up. Default: 1 GiB, or a
+    /// quarter of the memory if that is less.
+    pub store_capacity: u64,
+    /// Directory for compiled modules, so a restarted node does not compile again. `None`
+    /// disables the disk cache. Default: `$FERRY_CACHE_DIR`, else `$XDG_CACHE_HOME/ferry`, else
+    /// `~/.cache/ferry`.
+    pub cache_dir: Option<PathBuf>,
+    /// Threads running guest code. Default: the number of cores.
+    pub workers: usize,
+    /// Longest time a call may run guest code (time spent waiting for objects does not
+    /// count). Default: 60 s.
+    pub time_limit: Duration,
+    /// Most linear memory one guest instance may use, in bytes. Default: 1 GiB.
+    pub memory_limit: u64,
+    /// Most guest instances alive at once (running or waiting inside a call). Default: 1000.
+    pub max_instances: u32,
+    /// How often running guests are interrupted to check their time limit and let others run.
+    /// Default: 10 ms.
+    pub epoch_tick: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        let shm = PathBuf::from("/dev/shm");
+        let store_dir = if shm.is_dir() {
+            shm
+        } else {
+            std::env::temp_dir()
+        };
+        Self {
+            store_dir,
+            store_capacity: default_capacity(),
+            cache_dir: default_cache_dir(),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            time_limit: Duration::from_secs(60),
+            memory_limit: 1 << 30,
+            max_instances: 1000,
+            epoch_tick: Duration::from_millis(10),
+        }
+    }
+}
+
+fn default_capacity() -> u64 {
+    const GIB: u64 = 1 << 30;
+    // SAFETY: sysconf reads a system constant and takes no pointers.
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    if pages > 0 && page > 0 {
+        (pages as u64 * page as u64 / 4).clamp(64 << 20, GIB)
+    } else {
+        GIB
+    }
+}
+
+/// The default directory for compiled modules.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("FERRY_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("ferry"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("ferry"))
+}

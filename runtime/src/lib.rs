@@ -1,0 +1,30 @@
+//! ferry: ship functions by value as WebAssembly modules and run them against a shared-memory
+//! object store.
+//!
+//! Start with [`Client`]: `Client::embedded()` runs a single-node cluster in the process.
+//! Load a guest module (built with `ferry-guest`), [`put`](Client::put) objects, call
+//! functions by name or through typed handles, and [`get`](Client::get) results. See
+//! `ARCHITECTURE.md` for how it fits together and `docs/abi.md` for the guest ABI.
+
+mod client;
+mod codec;
+mod config;
+mod error;
+mod ids;
+pub mod json;
+mod node;
+mod objects;
+mod store;
+mod wasm;
+
+pub use client::{Client, ModuleHandle, TypedFunction};
+pub use config::{NodeConfig, default_cache_dir};
+pub use error::{CallError, GetError, ModuleError, PutError, StoreError, TaskError, TaskErrorKind};
+pub use ferry_abi::abi::CallArg;
+pub use ferry_abi::manifest::{FunctionSig, Param, TypeDesc};
+pub use ferry_abi::{IntoArgs, ModuleId, ObjectId, ObjectRef, RemoteFn, UntypedArgs};
+pub use ids::NodeId;
+pub use node::{NodeError, NodeStats};
+pub use objects::TableStats;
+pub use store::StoreStats;
+pub use wasm::ModuleStats;

@@ -1,0 +1,214 @@
+//! A host node: the object store, the object table, the modules, and the task runner.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ferry_abi::abi::CallArg;
+use ferry_abi::{ModuleId, ObjectId};
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::Semaphore;
+
+use crate::codec;
+use crate::config::NodeConfig;
+use crate::error::{CallError, StoreError};
+use crate::ids::{IdGenerator, NodeId};
+use crate::objects::{ObjectTable, TableStats};
+use crate::store::{ObjectStore, StoreStats};
+use crate::wasm::{ModuleRegistry, ModuleStats, TaskSpec, WasmEngine, run_task};
+
+/// A node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The object store could not be created.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The Wasm engine could not be created.
+    #[error("could not set up the Wasm engine: {0}")]
+    Engine(String),
+    /// The worker threads could not be started.
+    #[error("could not start worker threads: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// What a node reports about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct NodeStats {
+    /// The node.
+    pub node: NodeId,
+    /// The object store.
+    pub store: StoreStats,
+    /// The object table.
+    pub objects: TableStats,
+    /// The modules.
+    pub modules: ModuleStats,
+    /// Calls submitted since start.
+    pub tasks_submitted: u64,
+    /// Calls finished (successfully or not) since start.
+    pub tasks_finished: u64,
+}
+
+/// The shared state of a node; tasks and host functions hold an `Arc` to it.
+#[derive(Debug)]
+pub struct NodeInner {
+    /// The node's id; it owns the objects whose ids carry it.
+    pub id: NodeId,
+    /// Its configuration.
+    pub config: NodeConfig,
+    /// The object store.
+    pub store: ObjectStore,
+    /// The object table.
+    pub objects: Arc<ObjectTable>,
+    /// Object ids owned by this node.
+    pub ids: IdGenerator,
+    /// Loaded modules.
+    pub modules: ModuleRegistry,
+    /// Bounds the guest instances alive at once to the pool's size.
+    pub instance_slots: Semaphore,
+    /// The runtime running tasks.
+    pub handle: Handle,
+    pub(crate) tasks_submitted: AtomicU64,
+    pub(crate) tasks_finished: AtomicU64,
+    _engine: Arc<WasmEngine>,
+}
+
+impl NodeInner {
+    /// Submits a call of `function` in `module`. Returns the id of its result object, holding
+    /// one reference for the caller. Checks the function and the argument count now; the rest
+    /// is reported through the result.
+    pub fn submit(
+        self: &Arc<Self>,
+        module: ModuleId,
+        function: &str,
+        args: Vec<CallArg>,
+    ) -> Result<ObjectId, CallError> {
+        let loaded = self
+            .modules
+            .get(&module)
+            .ok_or(CallError::ModuleNotLoaded { module })?;
+        let Some(sig) = loaded.functions.get(function) else {
+            return Err(CallError::UnknownFunction {
+                function: function.to_owned(),
+                module,
+                available: loaded
+                    .functions
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        if sig.params.len() != args.len() {
+            return Err(CallError::ArgumentCount {
+                function: function.to_owned(),
+                expected: sig.params.len(),
+                got: args.len(),
+                signature: sig.display_signature(),
+            });
+        }
+        let spec = TaskSpec {
+            module,
+            function: function.to_owned(),
+            args,
+            result: self.ids.next(),
+        };
+        for id in spec.held_refs() {
+            self.objects.retain(id);
+        }
+        // One count for the caller's handle, one for the task until it finishes.
+        self.objects.insert_pending(spec.result, 2);
+        let id = spec.result;
+        self.tasks_submitted.fetch_add(1, Ordering::Relaxed);
+        let node = self.clone();
+        self.handle.spawn(async move {
+            run_task(node.clone(), spec).await;
+            node.tasks_finished.fetch_add(1, Ordering::Relaxed);
+        });
+        Ok(id)
+    }
+
+    /// The node's figures.
+    pub fn stats(&self) -> NodeStats {
+        NodeStats {
+            node: self.id,
+            store: self.store.stats(),
+            objects: self.objects.stats(),
+            modules: self.modules.stats(),
+            tasks_submitted: self.tasks_submitted.load(Ordering::Relaxed),
+            tasks_finished: self.tasks_finished.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs `fut` on the node's runtime and blocks the calling thread until it finishes. Works
+    /// from any thread, including threads of another tokio runtime.
+    pub fn block_on<F>(&self, fut: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().expect("the node's runtime dropped a task it was running")
+    }
+}
+
+/// A running node. Dropping it stops the node: tasks still running are abandoned.
+#[derive(Debug)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+    runtime: Option<Runtime>,
+}
+
+impl Node {
+    /// Starts a node.
+    pub fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let store = ObjectStore::create(&config.store_dir, config.store_capacity)?;
+        let engine =
+            Arc::new(WasmEngine::new(&config).map_err(|e| NodeError::Engine(format!("{e:#}")))?);
+        let modules = ModuleRegistry::new(engine.clone(), config.cache_dir.clone())
+            .map_err(|e| NodeError::Engine(format!("{e:#}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.workers.max(1))
+            .thread_name("ferry-worker")
+            .enable_all()
+            .build()
+            .map_err(NodeError::Runtime)?;
+        let id = NodeId::random();
+        let objects = Arc::new(ObjectTable::default());
+        codec::register_owner(id, &objects);
+        let inner = Arc::new(NodeInner {
+            id,
+            store,
+            objects,
+            ids: IdGenerator::new(id),
+            modules,
+            instance_slots: Semaphore::new(config.max_instances.max(1) as usize),
+            handle: runtime.handle().clone(),
+            tasks_submitted: AtomicU64::new(0),
+            tasks_finished: AtomicU64::new(0),
+            config,
+            _engine: engine,
+        });
+        tracing::debug!(node = %id, "node started");
+        Ok(Self {
+            inner,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// The shared state.
+    pub fn inner(&self) -> &Arc<NodeInner> {
+        &self.inner
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        codec::unregister_owner(self.inner.id);
+        self.inner.instance_slots.close();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! The host functions of the guest ABI (`docs/abi.md`), and the per-call store data they use.
+//!
+//! Everything a guest passes is checked: pointers and lengths against its memory, ids against
+//! the refs the task was given (a guest cannot read an object by guessing its id), messages
+//! by decoding. A bad value fails the host call with a status code; nothing here panics.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_abi::abi::{self, CallRequest, status};
+use ferry_abi::{ModuleId, ObjectId};
+use wasmtime::{Caller, Linker, Memory};
+
+use crate::error::GetError;
+use crate::node::NodeInner;
+use crate::objects::ObjectTable;
+use crate::store::Sealed;
+use crate::wasm::engine::MemoryLimiter;
+
+/// Longest message (panic, error, log line) kept from a guest.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// What a guest reported through `fail`.
+#[derive(Debug, Clone)]
+pub struct GuestFailure {
+    /// One of [`abi::fail_kind`].
+    pub kind: i32,
+    /// The message.
+    pub message: String,
+    /// The encoded error value (for `fail_kind::ERROR`).
+    pub cause: Vec<u8>,
+}
+
+/// Bytes waiting for the guest to `take` them.
+#[derive(Debug, Default)]
+pub enum Staged {
+    /// Nothing.
+    #[default]
+    Empty,
+    /// An object, read in place from the store.
+    Object(Arc<Sealed>),
+    /// An error message.
+    Message(Vec<u8>),
+}
+
+impl Staged {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Staged::Empty => &[],
+            Staged::Object(s) => s.bytes(),
+            Staged::Message(m) => m,
+        }
+    }
+}
+
+/// The data of one call's wasmtime store.
+pub struct TaskState {
+    /// The node (absent while a module's manifest is read).
+    pub node: Option<Arc<NodeInner>>,
+    /// The module the function belongs to.
+    pub module: ModuleId,
+    /// The function being run.
+    pub function: String,
+    /// The memory limit.
+    pub limiter: MemoryLimiter,
+    /// The time limit on guest execution.
+    pub time_limit: Duration,
+    time_used: Duration,
+    resumed_at: Instant,
+    /// The guest's memory, once instantiated.
+    pub memory: Option<Memory>,
+    /// Refs this task may use; each holds one reference count until the task ends.
+    pub granted: HashSet<ObjectId>,
+    staged: Staged,
+    /// The result the guest handed over, sealed in the store, with the refs it contains.
+    pub result: Option<(Arc<Sealed>, Vec<ObjectId>)>,
+    /// The result bytes while reading a manifest (there is no store then).
+    pub raw_result: Option<Vec<u8>>,
+    /// What the guest reported through `fail`.
+    pub failure: Option<GuestFailure>,
+}
+
+impl TaskState {
+    /// State for running `function` of `module`.
+    pub fn new(
+        node: Option<Arc<NodeInner>>,
+        module: ModuleId,
+        function: &str,
+        time_limit: Duration,
+        memory_limit: u64,
+    ) -> Self {
+        Self {
+            node,
+            module,
+            function: function.to_owned(),
+            limiter: MemoryLimiter {
+                limit: usize::try_from(memory_limit).unwrap_or(usize::MAX),
+            },
+            time_limit,
+            time_used: Duration::ZERO,
+            resumed_at: Instant::now(),
+            memory: None,
+            granted: HashSet::new(),
+            staged: Staged::Empty,
+            result: None,
+            raw_result: None,
+            failure: None,
+        }
+    }
+
+    /// Charges the time since the guest last resumed; returns true if over the limit.
+    pub fn charge_time(&mut self) -> bool {
+        let now = Instant::now();
+        self.time_used += now - self.resumed_at;
+        self.resumed_at = now;
+        self.time_used > self.time_limit
+    }
+
+    /// Stops the clock while the guest waits for the host.
+    fn pause_clock(&mut self) {
+        let now = Instant::now();
+        self.time_used += now - self.resumed_at;
+        self.resumed_at = now;
+    }
+
+    /// Restarts the clock when the guest resumes.
+    fn resume_clock(&mut self) {
+        self.resumed_at = Instant::now();
+    }
+
+    /// Lets the task use `id`, holding a count on it. Returns false if the object is gone.
+    pub fn grant(&mut self, objects: &ObjectTable, id: ObjectId) -> bool {
+        if self.granted.contains(&id) {
+            return true;
+        }
+        if objects.retain(id) {
+            self.granted.insert(id);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn stage_message(&mut self, message: String) {
+        self.staged = Staged::Message(message.into_bytes());
+    }
+
+    /// Fails a host call: stages `message` for the guest and returns `code`.
+    fn refuse(&mut self, code: i32, message: String) -> i32 {
+        self.stage_message(message);
+        code
+    }
+
+    fn check_granted(&mut self, ids: &[ObjectId]) -> Result<(), i32> {
+        match ids.iter().find(|id| !self.granted.contains(id)) {
+            None => Ok(()),
+            Some(id) => Err(self.refuse(
+                status::INVALID_REF,
+                format!("object {id} was not given to this task"),
+            )),
+        }
+    }
+}
+
+fn range(ptr: i32, len: usize) -> Option<std::ops::Range<usize>> {
+    let start = ptr as u32 as usize;
+    Some(start..start.checked_add(len)?)
+}
+
+fn guest_bytes(data: &[u8], ptr: i32, len: i32) -> Option<&[u8]> {
+    data.get(range(ptr, len as u32 as usize)?)
+}
+
+fn guest_ids(data: &[u8], ptr: i32, count: i32) -> Option<Vec<ObjectId>> {
+    let n = count as u32 as usize;
+    let bytes = data.get(range(ptr, n.checked_mul(16)?)?)?;
+    Some(
+        bytes
+            .chunks_exact(16)
+            .map(|c| {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(c);
+                ObjectId(id)
+            })
+            .collect(),
+    )
+}
+
+fn guest_string(data: &[u8], ptr: i32, len: i32) -> Option<String> {
+    let b = guest_bytes(data, ptr, len)?;
+    let b = &b[..b.len().min(MAX_MESSAGE)];
+    Some(String::from_utf8_lossy(b).into_owned())
+}
+
+fn write_guest(data: &mut [u8], ptr: i32, bytes: &[u8]) -> bool {
+    match range(ptr, bytes.len()).and_then(|r| data.get_mut(r)) {
+        Some(dst) => {
+            dst.copy_from_slice(bytes);
+            true
+        }
+        None => false,
+    }
+}
+
+fn timeout(ms: i64) -> Option<Duration> {
+    u64::try_from(ms).ok().map(Duration::from_millis)
+}
+
+/// The guest's memory and the store data, or the status to return if it has no memory.
+fn memory(caller: &mut Caller<'_, TaskState>) -> Result<Memory, i32> {
+    caller.data().memory.ok_or(status::BAD_REQUEST)
+}
+
+fn node_of(st: &mut TaskState) -> Result<Arc<NodeInner>, i32> {
+    match &st.node {
+        Some(n) => Ok(n.clone()),
+        None => Err(st.refuse(
+            status::HOST_ERROR,
+            "the cluster is not available while a module's manifest is read".into(),
+        )),
+    }
+}
+
+macro_rules! try_status {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(code) => return Ok(code),
+        }
+    };
+}
+
+/// A linker with every host function of the ABI.
+pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> {
+    let mut l = Linker::new(engine);
+    let m = abi::IMPORT_MODULE;
+
+    l.func_wrap(
+        m,
+        abi::import::PUT,
+        |mut caller: Caller<'_, TaskState>,
+         data: i32,
+         len: i32,
+         refs: i32,
+         nrefs: i32,
+         out: i32|
+         -> wasmtime::Result<i32> {
+            let mem = try_status!(memory(&mut caller));
+            let (mem_data, st) = mem.data_and_store_mut(&mut caller);
+            let node = try_status!(node_of(st));
+            let Some(ids) = guest_ids(mem_data, refs, nrefs) else {
+                return Ok(status::BAD_REQUEST);
+            };
+            try_status!(st.check_granted(&ids));
+            let Some(bytes) = guest_bytes(mem_data, data, len) else {
+                return Ok(status::BAD_REQUEST);
+            };
+            let sealed = match node.store.put_bytes(bytes) {
+                Ok(s) => s,
+                Err(e) => return Ok(st.refuse(status::STORE_FULL, e.to_string())),
+            };
+            let id = node.ids.next();
+            node.objects.insert_ready(id, sealed, ids, 1);
+            st.granted.insert(id);
+            if !write_guest(mem_data, out, &id.0) {
+                return Ok(status::BAD_REQUEST);
+            }
+            Ok(status::OK)
+        },
+    )?;
+
+    l.func_wrap_async(
+        m,
+        abi::import::GET,
+        |mut caller: Caller<'_, TaskState>, (id_ptr, timeout_ms): (i32, i64)| {
+            Box::new(async move {
+                let mem = match memory(&mut caller) {
+                    Ok(m) => m,
+                    Err(code) => return Ok(code as i64),
+                };
+                let (mem_data, st) = mem.data_and_store_mut(&mut caller);
+                let Some(id) = guest_ids(mem_data, id_ptr, 1).and_then(|v| v.first().copied())
+                else {
+                    return Ok(status::BAD_REQUEST as i64);
+                };
+                let node = match node_of(st) {
+                    Ok(n) => n,
+                    Err(code) => return Ok(code as i64),
+                };
+                if let Err(code) = st.check_granted(&[id]) {
+                    return Ok(code as i64);
+                }
+                st.pause_clock();
+                let outcome = node.objects.wait_ready(id, timeout(timeout_ms)).await;
+                let st = caller.data_mut();
+                st.resume_clock();
+                Ok(match outcome {
+                    Ok(sealed) => {
+                        for c in node.objects.contained(id) {
+                            st.grant(&node.objects, c);
+                        }
+                        let len = sealed.len() as i64;
+                        st.staged = Staged::Object(sealed);
+                        len
+                    }
+                    Err(e @ GetError::Timeout { .. }) => {
+                        st.refuse(status::TIMEOUT, e.to_string()) as i64
+                    }
+                    Err(e @ GetError::Task(_)) => {
+                        st.refuse(status::TASK_FAILED, e.to_string()) as i64
+                    }
+                    Err(e) => st.refuse(status::INVALID_REF, e.to_string()) as i64,
+                })
+            })
+        },
+    )?;
+
+    l.func_wrap(
+        m,
+        abi::import::TAKE,
+        |mut caller: Caller<'_, TaskState>, dst: i32, cap: i32| -> wasmtime::Result<i64> {
+            let mem = match memory(&mut caller) {
+                Ok(m) => m,
+                Err(code) => return Ok(code as i64),
+            };
+            let (mem_data, st) = mem.data_and_store_mut(&mut caller);
+            let staged = st.staged.bytes();
+            let len = staged.len();
+            if len > cap as u32 as usize {
+                return Ok(len as i64);
+            }
+            if !write_guest(mem_data, dst, staged) {
+                return Ok(status::BAD_REQUEST as i64);
+            }
+            st.staged = Staged::Empty;
+            Ok(len as i64)
+        },
+    )?;
+
+    l.func_wrap(
+        m,
+        abi::import::CALL,
+        |mut caller: Caller<'_, TaskState>, req: i32, len: i32, out: i32| -> wasmtime::Result<i32> {
+            let mem = try_status!(memory(&mut caller));
+            let (mem_data, st) = mem.data_and_store_mut(&mut caller);
+            let node = try_status!(node_of(st));
+            let Some(bytes) = guest_bytes(mem_data, req, len) else {
+                return Ok(status::BAD_REQUEST);
+            };
+            let request: CallRequest = match postcard::from_bytes(bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Ok(st.refuse(status::BAD_REQUEST, format!("malformed call request: {e}")));
+                }
+            };
+            let mut used = Vec::new();
+            for a in &request.args {
+                match a {
+                    abi::CallArg::Value { refs, .. } => used.extend_from_slice(refs),
+                    abi::CallArg::Object(id) => used.push(*id),
+                }
+            }
+            try_status!(st.check_granted(&used));
+            let module = request.module.unwrap_or(st.module);
+            match node.submit(module, &request.function, request.args) {
+                Ok(id) => {
+                    // `submit` took one count for the caller's handle; the task's grant owns it.
+                    st.granted.insert(id);
+                    if !write_guest(mem_data, out, &id.0) {
+                        return Ok(status::BAD_REQUEST);
+                    }
+                    Ok(status::OK)
+                }
+                Err(e) => {
+                    let code = match e {
+                        crate::error::CallError::UnknownFunction { .. } => status::UNKNOWN_FUNCTION,
+                        crate::error::CallError::ModuleNotLoaded { .. } => status::UNKNOWN_FUNCTION,
+                        _ => status::BAD_REQUEST,
+                    };
+                    Ok(st.refuse(code, e.to_string()))
+                }
+            }
+        },
+    )?;
+
+    l.func_wrap_async(
+        m,
+        abi::import::WAIT,
+        |mut caller: Caller<'_, TaskState>,
+         (ids_ptr, count, num_ready, timeout_ms, out): (i32, i32, i32, i64, i32)| {
+            Box::new(async move {
+                let mem = try_status!(memory(&mut caller));
+                let (mem_data, st) = mem.data_and_store_mut(&mut caller);
+                let node = try_status!(node_of(st));
+                let Some(ids) = guest_ids(mem_data, ids_ptr, count) else {
+                    return Ok(status::BAD_REQUEST);
+                };
+                try_status!(st.check_granted(&ids));
+                st.pause_clock();
+                let flags = node
+                    .objects
+                    .wait_many(&ids, num_ready as u32 as usize, timeout(timeout_ms))
+                    .await;
+                let (mem_data, st) = mem.data_and_store_mut(&mut caller);
+                st.resume_clock();
+                let bytes: Vec<u8> = flags.iter().map(|&f| f as u8).collect();
+                if !write_guest(mem_data, out, &bytes) {
+                    return Ok(status::BAD_REQUEST);
+                }
+                Ok(flags.iter().filter(|&&f| f).count() as i32)
+            })
+        },
+    )?;
+
+    l.func_wrap(
+        m,
+        abi::import::RESULT,
+        |mut caller: Caller<'_, TaskState>,
+         data: i32,
+         len: i32,
+         refs: i32,
+         nrefs: i32|
+         -> wasmtime::Result<i32> {
+            let mem = try_status!(memory(&mut caller));
+            let (mem_data, st) = mem.data_and_store_mut(&mut caller);
+            if st.result.is_some() || st.raw_result.is_some() {
+                return Ok(st.refuse(status::BAD_REQUEST, "the result was already set".into()));
+            }
+            let Some(ids) = guest_ids(mem_data, refs, nrefs) else {
+                return Ok(status::BAD_REQUEST);
+            };
+            try_status!(st.check_granted(&ids));
+            let Some(bytes) = guest_bytes(mem_data, data, len) else {
+                return Ok(status::BAD_REQUEST);
+            };
+            match &st.node {
+                None => st.raw_result = Some(bytes.to_vec()),
+                Some(node) => match node.store.put_bytes(bytes) {
+                    Ok(sealed) => st.result = Some((sealed, ids)),
+                    Err(e) => return Ok(st.refuse(status::STORE_FULL, e.to_string())),
+                },
+            }
+            Ok(status::OK)
+        },
+    )?;
+
+    l.func_wrap(
+        m,
+        abi::import::FAIL,
+        |mut caller: Caller<'_, TaskState>,
+         kind: i32,
+         msg: i32,
+         msg_len: i32,
+         cause: i32,
+         cause_len: i32|
+         -> wasmtime::Result<i32> {
+            let mem = try_status!(memory(&mut caller));
+            let (mem_data, st) = mem.data_and_store_mut(&mut caller);
+            let message = guest_string(mem_data, msg, msg_len)
+                .unwrap_or_else(|| "<the guest's message was out of bounds>".into());
+            let cause = guest_bytes(mem_data, cause, cause_len)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            if st.failure.is_none() {
+                st.failure = Some(GuestFailure {
+                    kind,
+                    message,
+                    cause,
+                });
+            }
+            Ok(status::OK)
+        },
+    )?;
+
+    l.func_wrap(
+        m,
+        abi::import::LOG,
+        |mut caller: Caller<'_, TaskState>, level: i32, msg: i32, len: i32| {
+            let Ok(mem) = memory(&mut caller) else {
+                return;
+            };
+            let (mem_data, st) = mem.data_and_store_mut(&mut caller);
+            let Some(text) = guest_string(mem_data, msg, len) else {
+                return;
+            };
+            let function = st.function.as_str();
+            match level {
+                abi::log_level::ERROR => tracing::error!(target: "ferry::guest", function, "{text}"),
+                abi::log_level::WARN => tracing::warn!(target: "ferry::guest", function, "{text}"),
+                abi::log_level::DEBUG => tracing::debug!(target: "ferry::guest", function, "{text}"),
+                _ => tracing::info!(target: "ferry::guest", function, "{text}"),
+            }
+        },
+    )?;
+
+    Ok(l)
+}
+
+/// The names of the host functions, for checking a module's imports.
+pub const IMPORTS: &[&str] = &[
+    abi::import::PUT,
+    abi::import::GET,
+    abi::import::TAKE,
+    abi::import::CALL,
+    abi::import::WAIT,
+    abi::import::RESULT,
+    abi::import::FAIL,
+    abi::import::LOG,
+];

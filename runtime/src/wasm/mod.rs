@@ -1,0 +1,11 @@
+//! The Wasm host: the engine, loaded modules, the guest ABI's host functions, and running a
+//! task in a fresh pooled instance with time and memory limits.
+
+mod engine;
+mod host;
+mod module;
+mod task;
+
+pub use engine::WasmEngine;
+pub use module::{LoadedModule, ModuleRegistry, ModuleStats};
+pub use task::{TaskSpec, run_task};

@@ -1,0 +1,332 @@
+//! Loaded modules: content-addressed, compiled once, cached on disk, with their manifest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use ferry_abi::ModuleId;
+use ferry_abi::abi::{self, ABI_SECTION, ABI_VERSION};
+use ferry_abi::manifest::FunctionSig;
+use wasmtime::{InstancePre, Linker, Module};
+
+use crate::error::ModuleError;
+use crate::wasm::engine::WasmEngine;
+use crate::wasm::host::{IMPORTS, TaskState};
+use crate::wasm::task::new_store;
+
+/// A module ready to run.
+pub struct LoadedModule {
+    /// Its id (the BLAKE3 hash of its bytes).
+    pub id: ModuleId,
+    /// Pre-linked for fast instantiation.
+    pub pre: InstancePre<TaskState>,
+    /// Its functions, by name.
+    pub functions: BTreeMap<String, FunctionSig>,
+    /// Size of the Wasm bytes.
+    pub size: usize,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("id", &self.id)
+            .field("functions", &self.functions.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// How modules were obtained, for observability and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ModuleStats {
+    /// Modules loaded in memory.
+    pub loaded: u64,
+    /// Compilations performed (cache misses).
+    pub compiled: u64,
+    /// Modules loaded from the disk cache instead of compiling.
+    pub from_disk_cache: u64,
+}
+
+/// The modules of one node.
+pub struct ModuleRegistry {
+    engine: Arc<WasmEngine>,
+    linker: Linker<TaskState>,
+    modules: RwLock<HashMap<ModuleId, Arc<LoadedModule>>>,
+    /// Serializes loads, so the same bytes loaded twice at once compile once.
+    loading: Mutex<()>,
+    cache_dir: Option<PathBuf>,
+    compiled: AtomicU64,
+    from_disk: AtomicU64,
+}
+
+impl std::fmt::Debug for ModuleRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleRegistry")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// The module id of `wasm`.
+pub fn module_id(wasm: &[u8]) -> ModuleId {
+    ModuleId(*blake3::hash(wasm).as_bytes())
+}
+
+impl ModuleRegistry {
+    /// A registry compiling with `engine`, caching compiled code in `cache_dir`.
+    pub fn new(engine: Arc<WasmEngine>, cache_dir: Option<PathBuf>) -> wasmtime::Result<Self> {
+        let linker = crate::wasm::host::linker(engine.engine())?;
+        Ok(Self {
+            engine,
+            linker,
+            modules: RwLock::new(HashMap::new()),
+            loading: Mutex::new(()),
+            cache_dir,
+            compiled: AtomicU64::new(0),
+            from_disk: AtomicU64::new(0),
+        })
+    }
+
+    /// A loaded module.
+    pub fn get(&self, id: &ModuleId) -> Option<Arc<LoadedModule>> {
+        self.modules
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// The registry's figures.
+    pub fn stats(&self) -> ModuleStats {
+        ModuleStats {
+            loaded: self.modules.read().unwrap_or_else(|e| e.into_inner()).len() as u64,
+            compiled: self.compiled.load(Ordering::Relaxed),
+            from_disk_cache: self.from_disk.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Compiles (or finds) the module in `wasm`, without reading its manifest yet. Returns
+    /// `Ok(existing)` if it is already loaded.
+    pub fn prepare(&self, wasm: &[u8]) -> Result<Prepared, ModuleError> {
+        let id = module_id(wasm);
+        if let Some(m) = self.get(&id) {
+            return Ok(Prepared::Loaded(m));
+        }
+        let guard = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = self.get(&id) {
+            return Ok(Prepared::Loaded(m));
+        }
+        check_abi_section(wasm)?;
+        let module = self.compile(id, wasm)?;
+        for import in module.imports() {
+            if import.module() != abi::IMPORT_MODULE || !IMPORTS.contains(&import.name()) {
+                return Err(ModuleError::UnknownImport {
+                    module: import.module().to_owned(),
+                    name: import.name().to_owned(),
+                });
+            }
+        }
+        for required in [abi::EXPORT_MEMORY, abi::EXPORT_ALLOC] {
+            if module.get_export(required).is_none() {
+                return Err(ModuleError::Invalid(format!(
+                    "the module does not export `{required}`"
+                )));
+            }
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        drop(guard);
+        Ok(Prepared::New {
+            id,
+            pre,
+            size: wasm.len(),
+        })
+    }
+
+    /// Reads the manifest of a prepared module by calling its signature exports, and makes
+    /// it available. Runs guest code, so it is async.
+    pub async fn finish(
+        &self,
+        prepared: Prepared,
+        time_limit: std::time::Duration,
+        memory_limit: u64,
+    ) -> Result<Arc<LoadedModule>, ModuleError> {
+        let (id, pre, size) = match prepared {
+            Prepared::Loaded(m) => return Ok(m),
+            Prepared::New { id, pre, size } => (id, pre, size),
+        };
+        let mut loaded = LoadedModule {
+            id,
+            pre,
+            functions: BTreeMap::new(),
+            size,
+        };
+        let sig_names: Vec<String> = loaded
+            .pre
+            .module()
+            .exports()
+            .filter_map(|e| e.name().strip_prefix(abi::EXPORT_SIG_PREFIX).map(str::to_owned))
+            .collect();
+        for name in sig_names {
+            if loaded
+                .pre
+                .module()
+                .get_export(&format!("{}{name}", abi::EXPORT_FN_PREFIX))
+                .is_none()
+            {
+                return Err(ModuleError::Manifest {
+                    function: name,
+                    reason: "the module has a signature but no function export".into(),
+                });
+            }
+            let sig = read_signature(&loaded, &name, time_limit, memory_limit).await?;
+            loaded.functions.insert(name, sig);
+        }
+        let loaded = Arc::new(loaded);
+        let mut modules = self.modules.write().unwrap_or_else(|e| e.into_inner());
+        Ok(modules.entry(id).or_insert(loaded).clone())
+    }
+
+    fn cache_path(&self, id: ModuleId) -> Option<PathBuf> {
+        self.cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{id}-{:016x}.cwasm", self.engine.fingerprint())))
+    }
+
+    fn compile(&self, id: ModuleId, wasm: &[u8]) -> Result<Module, ModuleError> {
+        let engine = self.engine.engine();
+        if let Some(path) = self.cache_path(id)
+            && path.is_file()
+        {
+            // SAFETY: the file is a `Module::serialize` artefact that this code wrote (atomically,
+            // by rename) into the node's private cache directory, named by the hash of the Wasm
+            // bytes and the engine's fingerprint; wasmtime checks its header, version and engine
+            // settings before using it. The cache directory must be writable only by the node's
+            // user (it is created with mode 0700), as for any compiled-code cache.
+            match unsafe { Module::deserialize_file(engine, &path) } {
+                Ok(m) => {
+                    self.from_disk.fetch_add(1, Ordering::Relaxed);
+                    return Ok(m);
+                }
+                Err(e) => {
+                    tracing::warn!("ignoring unusable cached module {}: {e}", path.display());
+                }
+            }
+        }
+        let module = Module::new(engine, wasm).map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        if let Some(path) = self.cache_path(id)
+            && let Err(e) = write_cache(&path, &module)
+        {
+            tracing::warn!("could not cache the compiled module in {}: {e}", path.display());
+        }
+        Ok(module)
+    }
+}
+
+/// A module compiled but whose manifest is not read yet, or one already loaded.
+pub enum Prepared {
+    /// Already loaded.
+    Loaded(Arc<LoadedModule>),
+    /// Freshly compiled.
+    New {
+        /// Its id.
+        id: ModuleId,
+        /// Pre-linked.
+        pre: InstancePre<TaskState>,
+        /// Size of the Wasm bytes.
+        size: usize,
+    },
+}
+
+fn write_cache(path: &Path, module: &Module) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let bytes = module
+        .serialize()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tmp = dir.join(format!(".tmp-{:016x}", crate::ids::random_u64()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// Checks the `ferry_abi` custom section: present, and every copy of it says [`ABI_VERSION`].
+fn check_abi_section(wasm: &[u8]) -> Result<(), ModuleError> {
+    use wasmtime::wasmparser::{Parser, Payload};
+    let mut found = None;
+    for payload in Parser::new(0).parse_all(wasm) {
+        let payload = payload.map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        if let Payload::CustomSection(c) = payload
+            && c.name() == ABI_SECTION
+        {
+            for chunk in c.data().chunks(4) {
+                let v = match <[u8; 4]>::try_from(chunk) {
+                    Ok(b) => u32::from_le_bytes(b),
+                    Err(_) => {
+                        return Err(ModuleError::Invalid("malformed ferry_abi section".into()));
+                    }
+                };
+                if v != ABI_VERSION {
+                    return Err(ModuleError::AbiVersion {
+                        found: v,
+                        expected: ABI_VERSION,
+                    });
+                }
+                found = Some(v);
+            }
+        }
+    }
+    match found {
+        Some(_) => Ok(()),
+        None => Err(ModuleError::NotFerry),
+    }
+}
+
+async fn read_signature(
+    module: &LoadedModule,
+    name: &str,
+    time_limit: std::time::Duration,
+    memory_limit: u64,
+) -> Result<FunctionSig, ModuleError> {
+    let fail = |reason: String| ModuleError::Manifest {
+        function: name.to_owned(),
+        reason,
+    };
+    let state = TaskState::new(None, module.id, name, time_limit, memory_limit);
+    let mut store = new_store(module, state);
+    let instance = module
+        .pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(|e| fail(format!("{e:#}")))?;
+    let memory = instance.get_memory(&mut store, abi::EXPORT_MEMORY);
+    store.data_mut().memory = memory;
+    let sig_fn = instance
+        .get_typed_func::<(), i32>(&mut store, &format!("{}{name}", abi::EXPORT_SIG_PREFIX))
+        .map_err(|e| fail(format!("{e:#}")))?;
+    sig_fn
+        .call_async(&mut store, ())
+        .await
+        .map_err(|e| fail(format!("{e:#}")))?;
+    let bytes = store
+        .into_data()
+        .raw_result
+        .ok_or_else(|| fail("the signature function returned nothing".into()))?;
+    let sig: FunctionSig =
+        postcard::from_bytes(&bytes).map_err(|e| fail(format!("undecodable signature: {e}")))?;
+    if sig.name != name {
+        return Err(fail(format!("the signature names `{}`", sig.name)));
+    }
+    Ok(sig)
+}

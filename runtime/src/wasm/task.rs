@@ -1,0 +1,259 @@
+//! Running one task: resolve its arguments, run the function in a fresh pooled instance
+//! under the time and memory limits, and turn whatever happened into a result or a
+//! [`TaskError`].
+
+use std::sync::Arc;
+
+use ferry_abi::abi::{self, CallArg, fail_kind};
+use ferry_abi::{ModuleId, ObjectId};
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use crate::error::{GetError, TaskError, TaskErrorKind};
+use crate::node::NodeInner;
+use crate::store::Sealed;
+use crate::wasm::engine::{MemoryLimitExceeded, TimeLimitExceeded};
+use crate::wasm::host::{GuestFailure, TaskState};
+use crate::wasm::module::LoadedModule;
+
+/// Everything needed to run (and, later, to re-run) a call: Ray's task spec, kept as lineage.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    /// The module.
+    pub module: ModuleId,
+    /// The function.
+    pub function: String,
+    /// The arguments.
+    pub args: Vec<CallArg>,
+    /// The object the result goes to.
+    pub result: ObjectId,
+}
+
+impl TaskSpec {
+    /// Every ref the task holds while it waits and runs: top-level refs and refs inside
+    /// values.
+    pub fn held_refs(&self) -> Vec<ObjectId> {
+        let mut out = Vec::new();
+        for a in &self.args {
+            match a {
+                CallArg::Value { refs, .. } => out.extend_from_slice(refs),
+                CallArg::Object(id) => out.push(*id),
+            }
+        }
+        out
+    }
+}
+
+/// Runs `spec` on `node` to completion and records the outcome in the object table.
+pub async fn run_task(node: Arc<NodeInner>, spec: TaskSpec) {
+    let outcome = execute(&node, &spec).await;
+    let outcome = match outcome {
+        Ok(r) => Ok(r),
+        Err(kind) => {
+            let err = TaskError {
+                function: spec.function.clone(),
+                node: node.id,
+                kind,
+            };
+            tracing::debug!(target: "ferry::task", "{err}");
+            Err(Arc::new(err))
+        }
+    };
+    node.objects.complete(spec.result, outcome);
+    // The task's own holds: its argument refs and its count on the result.
+    node.objects.release_all(&spec.held_refs());
+    node.objects.release(spec.result);
+}
+
+type Outcome = Result<(Arc<Sealed>, Vec<ObjectId>), TaskErrorKind>;
+
+async fn execute(node: &Arc<NodeInner>, spec: &TaskSpec) -> Outcome {
+    // 1. Top-level refs become values: wait for each and splice its bytes into the argument
+    //    buffer. postcard encodes a tuple as its fields one after another, so the buffer is
+    //    the encoding of the whole parameter tuple.
+    let mut args = Vec::new();
+    let mut grants = Vec::new();
+    for (i, a) in spec.args.iter().enumerate() {
+        match a {
+            CallArg::Value { bytes, refs } => {
+                args.extend_from_slice(bytes);
+                grants.extend_from_slice(refs);
+            }
+            CallArg::Object(id) => match node.objects.wait_ready(*id, None).await {
+                Ok(sealed) => {
+                    args.extend_from_slice(sealed.bytes());
+                    grants.extend(node.objects.contained(*id));
+                }
+                Err(GetError::Task(upstream)) => {
+                    return Err(TaskErrorKind::UpstreamFailed {
+                        argument: i + 1,
+                        upstream: Box::new(upstream),
+                    });
+                }
+                Err(_) => {
+                    return Err(TaskErrorKind::ArgumentLost {
+                        argument: i + 1,
+                        id: *id,
+                    });
+                }
+            },
+        }
+    }
+
+    let Some(module) = node.modules.get(&spec.module) else {
+        return Err(TaskErrorKind::Host {
+            detail: format!("module {} is not loaded on this node", spec.module),
+        });
+    };
+    if !module.functions.contains_key(&spec.function) {
+        return Err(TaskErrorKind::UnknownFunction { module: spec.module });
+    }
+
+    // 2. A pooled instance slot.
+    let _permit = node.instance_slots.acquire().await.map_err(|_| TaskErrorKind::Host {
+        detail: "the node is shutting down".into(),
+    })?;
+
+    let mut state = TaskState::new(
+        Some(node.clone()),
+        spec.module,
+        &spec.function,
+        node.config.time_limit,
+        node.config.memory_limit,
+    );
+    for g in grants {
+        state.grant(&node.objects, g);
+    }
+    let result = call_guest(node, &module, state, &spec.function, &args).await;
+    result
+}
+
+/// Runs one export in a fresh instance. Releases the task's grants before returning.
+async fn call_guest(
+    node: &Arc<NodeInner>,
+    module: &LoadedModule,
+    state: TaskState,
+    function: &str,
+    args: &[u8],
+) -> Outcome {
+    let mut store = new_store(module, state);
+    let outcome = run_in_store(&mut store, module, function, args).await;
+    let state = store.into_data();
+    node.objects
+        .release_all(&state.granted.iter().copied().collect::<Vec<_>>());
+    let limits = (state.time_limit, state.limiter.limit as u64);
+    classify(outcome, state.result, state.failure, limits)
+}
+
+/// A store with the limits and the epoch callback installed.
+pub(crate) fn new_store(module: &LoadedModule, state: TaskState) -> Store<TaskState> {
+    let mut store = Store::new(module.pre.module().engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut ctx| {
+        if ctx.data_mut().charge_time() {
+            Err(wasmtime::Error::new(TimeLimitExceeded))
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+/// Instantiates the module and calls `__ferry_fn_<function>` with `args`.
+pub(crate) async fn run_in_store(
+    store: &mut Store<TaskState>,
+    module: &LoadedModule,
+    function: &str,
+    args: &[u8],
+) -> wasmtime::Result<i32> {
+    let instance = module.pre.instantiate_async(&mut *store).await?;
+    let memory = instance
+        .get_memory(&mut *store, abi::EXPORT_MEMORY)
+        .ok_or_else(|| wasmtime::Error::msg("the module exports no memory"))?;
+    store.data_mut().memory = Some(memory);
+    let alloc = instance.get_typed_func::<(i32, i32), i32>(&mut *store, abi::EXPORT_ALLOC)?;
+    let shim = instance.get_typed_func::<(i32, i32), i32>(
+        &mut *store,
+        &format!("{}{function}", abi::EXPORT_FN_PREFIX),
+    )?;
+    let len = i32::try_from(args.len())
+        .map_err(|_| wasmtime::Error::msg("the arguments are larger than 2 GiB"))?;
+    let ptr = if args.is_empty() {
+        0
+    } else {
+        let ptr = alloc.call_async(&mut *store, (len, 1)).await?;
+        if ptr == 0 {
+            return Err(wasmtime::Error::msg(
+                "the guest could not allocate memory for the arguments",
+            ));
+        }
+        let start = ptr as u32 as usize;
+        let dst = memory
+            .data_mut(&mut *store)
+            .get_mut(start..start + args.len())
+            .ok_or_else(|| wasmtime::Error::msg("the guest's allocator returned a bad pointer"))?;
+        dst.copy_from_slice(args);
+        ptr
+    };
+    shim.call_async(&mut *store, (ptr, len)).await
+}
+
+fn classify(
+    outcome: wasmtime::Result<i32>,
+    result: Option<(Arc<Sealed>, Vec<ObjectId>)>,
+    failure: Option<GuestFailure>,
+    (time_limit, memory_limit): (std::time::Duration, u64),
+) -> Outcome {
+    match outcome {
+        Ok(abi::status::OK) => match result {
+            Some(r) => Ok(r),
+            None => Err(TaskErrorKind::Abi {
+                detail: "the function returned without handing over a result".into(),
+            }),
+        },
+        Ok(code) => match failure {
+            Some(f) => Err(failure_kind(f)),
+            None => Err(TaskErrorKind::Abi {
+                detail: format!("the function returned status {code} without saying why"),
+            }),
+        },
+        Err(e) => {
+            if e.downcast_ref::<TimeLimitExceeded>().is_some() {
+                return Err(TaskErrorKind::TimedOut { limit: time_limit });
+            }
+            if e.downcast_ref::<MemoryLimitExceeded>().is_some() {
+                return Err(TaskErrorKind::MemoryLimit {
+                    limit: memory_limit,
+                });
+            }
+            if let Some(f) = failure
+                && f.kind == fail_kind::PANIC
+            {
+                return Err(failure_kind(f));
+            }
+            if let Some(trap) = e.downcast_ref::<Trap>() {
+                let bt = e
+                    .downcast_ref::<wasmtime::WasmBacktrace>()
+                    .map(|b| format!("\n{b}"))
+                    .unwrap_or_default();
+                return Err(TaskErrorKind::Trapped {
+                    trap: format!("{trap}{bt}"),
+                });
+            }
+            Err(TaskErrorKind::Host {
+                detail: format!("{e:#}"),
+            })
+        }
+    }
+}
+
+fn failure_kind(f: GuestFailure) -> TaskErrorKind {
+    match f.kind {
+        fail_kind::PANIC => TaskErrorKind::Panicked { message: f.message },
+        fail_kind::BAD_ARGUMENTS => TaskErrorKind::BadArguments { detail: f.message },
+        _ => TaskErrorKind::Failed {
+            message: f.message,
+            cause: f.cause,
+        },
+    }
+}

@@ -1,0 +1,38 @@
+//! Helpers shared by ferry's integration tests: the guest artefacts and small, isolated nodes.
+
+use std::path::Path;
+
+pub use ferry;
+
+/// The Wasm bytes of `tests/guests/testguest`.
+pub fn testguest_wasm() -> Vec<u8> {
+    std::fs::read(env!("FERRY_TESTGUEST_WASM")).expect("the build script built the test guest")
+}
+
+/// Path of the test guest's `.wasm` file.
+pub fn testguest_path() -> &'static Path {
+    Path::new(env!("FERRY_TESTGUEST_WASM"))
+}
+
+/// A node configuration for tests: a small store in a private directory, a private compile
+/// cache, and short limits.
+pub fn test_config(dir: &Path) -> ferry::NodeConfig {
+    ferry::NodeConfig {
+        store_dir: dir.to_path_buf(),
+        store_capacity: 64 << 20,
+        cache_dir: Some(dir.join("cache")),
+        workers: 2,
+        time_limit: std::time::Duration::from_secs(20),
+        memory_limit: 64 << 20,
+        max_instances: 256,
+        ..ferry::NodeConfig::default()
+    }
+}
+
+/// An embedded node for a test, with the test guest loaded. Keep the `TempDir` alive.
+pub fn node_with_guest() -> (tempfile::TempDir, ferry::Client, ferry::ModuleHandle) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = ferry::Client::embedded_with(test_config(dir.path())).expect("node starts");
+    let module = client.load(&testguest_wasm()).expect("test guest loads");
+    (dir, client, module)
+}
