@@ -2,7 +2,11 @@
 //! variable for `src/lib.rs`.
 
 fn main() {
-    let sdk = ["../guest-sdk/src", "../guest-sdk/abi/src", "../guest-sdk/macros/src"];
+    let sdk = [
+        "../guest-sdk/src",
+        "../guest-sdk/abi/src",
+        "../guest-sdk/macros/src",
+    ];
     for (env, dir) in [("FERRY_TESTGUEST_WASM", "guests/testguest")] {
         let mut guest = ferry_guest_build::Guest::new(dir);
         for s in sdk {

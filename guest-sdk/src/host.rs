@@ -23,8 +23,13 @@ mod raw {
             ready_out: *mut u8,
         ) -> i32;
         pub fn result(data: *const u8, len: usize, refs: *const u8, nrefs: usize) -> i32;
-        pub fn fail(kind: i32, msg: *const u8, msg_len: usize, cause: *const u8, cause_len: usize)
-        -> i32;
+        pub fn fail(
+            kind: i32,
+            msg: *const u8,
+            msg_len: usize,
+            cause: *const u8,
+            cause_len: usize,
+        ) -> i32;
         pub fn log(level: i32, msg: *const u8, len: usize);
     }
 }
@@ -91,7 +96,11 @@ pub(crate) fn put(data: &[u8], refs: &[ObjectId]) -> Result<ObjectId, i32> {
 pub(crate) fn get(id: ObjectId, timeout_ms: i64) -> Result<usize, i32> {
     // SAFETY: `id.0` is 16 readable bytes.
     let n = unsafe { raw::get(id.0.as_ptr(), timeout_ms) };
-    if n >= 0 { Ok(n as usize) } else { Err(n as i32) }
+    if n >= 0 {
+        Ok(n as usize)
+    } else {
+        Err(n as i32)
+    }
 }
 
 /// Copies the staged bytes (an object, or an error message) out of the host.
@@ -125,11 +134,7 @@ pub(crate) fn call(request: &[u8]) -> Result<ObjectId, i32> {
     if status == 0 { Ok(out) } else { Err(status) }
 }
 
-pub(crate) fn wait(
-    ids: &[ObjectId],
-    num_ready: usize,
-    timeout_ms: i64,
-) -> Result<Vec<bool>, i32> {
+pub(crate) fn wait(ids: &[ObjectId], num_ready: usize, timeout_ms: i64) -> Result<Vec<bool>, i32> {
     let mut ready = vec![0u8; ids.len()];
     // SAFETY: `ids` is `16 * len` bytes; `ready` is `len` writable bytes.
     let n = unsafe {

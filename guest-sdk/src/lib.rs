@@ -34,8 +34,8 @@
 use std::fmt;
 use std::time::Duration;
 
-pub use ferry_abi::{IntoArgs, ModuleId, ObjectId, ObjectRef, RemoteFn, UntypedArgs};
 use ferry_abi::abi;
+pub use ferry_abi::{IntoArgs, ModuleId, ObjectId, ObjectRef, ReadyPending, RemoteFn, UntypedArgs};
 /// Marks a function as callable by ferry. See the crate documentation.
 pub use ferry_guest_macros::remote;
 use serde::Serialize;
@@ -172,7 +172,7 @@ pub fn wait<T>(
     refs: Vec<ObjectRef<T>>,
     num_ready: usize,
     timeout: Option<Duration>,
-) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>), Error> {
+) -> Result<ReadyPending<T>, Error> {
     let ids: Vec<ObjectId> = refs.iter().map(ObjectRef::id).collect();
     let flags = host::wait(&ids, num_ready, timeout_ms(timeout)).map_err(Error::from_status)?;
     let mut ready = Vec::new();

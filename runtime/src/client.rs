@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use ferry_abi::abi::CallArg;
 use ferry_abi::manifest::FunctionSig;
-use ferry_abi::{IntoArgs, ModuleId, ObjectId, ObjectRef, RemoteFn, UntypedArgs};
+use ferry_abi::{IntoArgs, ModuleId, ObjectId, ObjectRef, ReadyPending, RemoteFn, UntypedArgs};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -166,6 +166,20 @@ impl Client {
         decode(id, sealed.bytes())
     }
 
+    /// The object's encoded bytes (postcard), copied out of the store. For tools that decode
+    /// with a manifest instead of a Rust type, like `ferry run`.
+    pub async fn get_encoded<T>(&self, r: &ObjectRef<T>) -> Result<Vec<u8>, GetError> {
+        let id = r.id();
+        let node = self.inner().clone();
+        let sealed = self
+            .inner()
+            .handle
+            .spawn(async move { node.objects.wait_ready(id, None).await })
+            .await
+            .map_err(|_| GetError::NodeStopped)??;
+        Ok(sealed.bytes().to_vec())
+    }
+
     /// Gets every object, in order; fails with the first error.
     pub async fn get_many<T: DeserializeOwned>(
         &self,
@@ -185,7 +199,7 @@ impl Client {
         refs: Vec<ObjectRef<T>>,
         num_ready: usize,
         timeout: Option<Duration>,
-    ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+    ) -> ReadyPending<T> {
         let ids: Vec<ObjectId> = refs.iter().map(ObjectRef::id).collect();
         let node = self.inner().clone();
         let flags = self
@@ -213,7 +227,7 @@ impl Client {
     }
 }
 
-fn split<T>(refs: Vec<ObjectRef<T>>, flags: &[bool]) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+fn split<T>(refs: Vec<ObjectRef<T>>, flags: &[bool]) -> ReadyPending<T> {
     let mut ready = Vec::new();
     let mut pending = Vec::new();
     for (i, r) in refs.into_iter().enumerate() {
@@ -266,7 +280,9 @@ impl ModuleHandle {
     /// A typed handle for `f` (from `#[remote]`: `my_guest::add::REMOTE`). Checks that the
     /// module has the function with the same signature.
     pub fn function<P, R>(&self, f: RemoteFn<P, R>) -> Result<TypedFunction<P, R>, CallError> {
-        let sig = self.signature(f.name()).ok_or_else(|| self.unknown(f.name()))?;
+        let sig = self
+            .signature(f.name())
+            .ok_or_else(|| self.unknown(f.name()))?;
         let found = sig.display_signature();
         if normalize(&found) != normalize(f.signature()) {
             return Err(CallError::SignatureMismatch {
@@ -299,27 +315,34 @@ impl ModuleHandle {
     /// Calls `function` with a tuple of serde values and returns at once with a ref to its
     /// result. A top-level argument that is exactly one `ObjectRef` is resolved to its value
     /// before the function runs; refs nested inside arguments stay refs.
-    pub fn call<R>(&self, function: &str, args: impl UntypedArgs) -> Result<ObjectRef<R>, CallError> {
-        let mut sink = HostArgSink::default();
+    pub fn call<R>(
+        &self,
+        function: &str,
+        args: impl UntypedArgs,
+    ) -> Result<ObjectRef<R>, CallError> {
+        let mut sink = HostArgSink::new(&self.client.inner().objects);
         args.encode_args(&mut sink);
         self.submit(function, sink)
     }
 
-    /// Calls `function` with arguments already encoded (postcard) — used by the CLI.
+    /// Calls `function` with arguments already encoded (postcard) — used by the CLI. Refs in
+    /// `args` must each carry a count the call takes over (arguments from JSON have none).
     pub fn call_encoded<R>(
         &self,
         function: &str,
         args: Vec<CallArg>,
     ) -> Result<ObjectRef<R>, CallError> {
-        let id = self
-            .client
-            .inner()
-            .submit(self.id(), function, args)?;
+        let id = self.client.inner().submit(self.id(), function, args)?;
         Ok(ObjectRef::adopt(id))
     }
 
-    fn submit<R>(&self, function: &str, sink: HostArgSink) -> Result<ObjectRef<R>, CallError> {
-        if let Some((argument, source)) = sink.error {
+    fn submit<R>(
+        &self,
+        function: &str,
+        mut sink: HostArgSink<'_>,
+    ) -> Result<ObjectRef<R>, CallError> {
+        if let Some((argument, source)) = sink.error.take() {
+            sink.abandon();
             return Err(CallError::Serialize {
                 function: function.to_owned(),
                 argument,
@@ -367,7 +390,7 @@ impl<P, R> TypedFunction<P, R> {
     /// Calls the function and returns at once with a ref to its result. Each argument is the
     /// parameter's type, or an `ObjectRef` to one (resolved to its value before the call).
     pub fn call<A: IntoArgs<P>>(&self, args: A) -> Result<ObjectRef<R>, CallError> {
-        let mut sink = HostArgSink::default();
+        let mut sink = HostArgSink::new(&self.module.client.inner().objects);
         args.encode_args(&mut sink);
         self.module.submit(self.name, sink)
     }

@@ -101,7 +101,8 @@ pub fn encode_into_store<T: Serialize + ?Sized>(
 ) -> Result<(Arc<Sealed>, Vec<ObjectId>), PutError> {
     let len = postcard::experimental::serialized_size(value).map_err(PutError::Serialize)?;
     let mut block = store.allocate(len)?;
-    let (written, refs) = collecting(|| postcard::to_slice(value, block.as_mut_slice()).map(|s| s.len()));
+    let (written, refs) =
+        collecting(|| postcard::to_slice(value, block.as_mut_slice()).map(|s| s.len()));
     let written = written.map_err(PutError::Serialize)?;
     if written != len {
         // A Serialize impl that writes differently on two passes; refuse rather than store junk.
@@ -111,18 +112,42 @@ pub fn encode_into_store<T: Serialize + ?Sized>(
 }
 
 /// Builds the argument list of a call made by the host (a driver).
-#[derive(Debug, Default)]
-pub struct HostArgSink {
+///
+/// Every ref an argument holds (top-level or inside a value) is retained the moment it is
+/// encoded: arguments are often moved into the call and dropped right after encoding, and the
+/// task must hold them from then on. The counts belong to the arguments; whoever consumes
+/// `args` (a task, or [`HostArgSink::abandon`]) releases them.
+#[derive(Debug)]
+pub struct HostArgSink<'a> {
+    objects: &'a ObjectTable,
     /// The arguments so far.
     pub args: Vec<CallArg>,
     /// The first argument that did not serialize (1-based position and the error).
     pub error: Option<(usize, postcard::Error)>,
 }
 
-impl HostArgSink {
+impl<'a> HostArgSink<'a> {
+    /// An empty argument list whose refs count against `objects`.
+    pub fn new(objects: &'a ObjectTable) -> Self {
+        Self {
+            objects,
+            args: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Releases the counts the arguments took (the call is not going ahead).
+    pub fn abandon(self) {
+        self.objects
+            .release_all(&crate::wasm::TaskSpec::refs_of(&self.args));
+    }
+
     fn push_value<T: Serialize + ?Sized>(&mut self, value: &T, untyped: bool) {
         match encode(value) {
             Ok((bytes, refs)) => {
+                for id in &refs {
+                    self.objects.retain(*id);
+                }
                 if untyped
                     && let [id] = refs.as_slice()
                     && bytes == id.0
@@ -145,12 +170,13 @@ impl HostArgSink {
     }
 }
 
-impl ArgSink for HostArgSink {
+impl ArgSink for HostArgSink<'_> {
     fn value<T: Serialize + ?Sized>(&mut self, value: &T) {
         self.push_value(value, false);
     }
 
     fn object(&mut self, id: ObjectId) {
+        self.objects.retain(id);
         self.args.push(CallArg::Object(id));
     }
 

@@ -54,7 +54,12 @@ impl Default for NodeConfig {
 fn default_capacity() -> u64 {
     const GIB: u64 = 1 << 30;
     // SAFETY: sysconf reads a system constant and takes no pointers.
-    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     if pages > 0 && page > 0 {
         (pages as u64 * page as u64 / 4).clamp(64 << 20, GIB)
     } else {

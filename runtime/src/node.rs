@@ -1,12 +1,12 @@
 //! A host node: the object store, the object table, the modules, and the task runner.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use ferry_abi::abi::CallArg;
 use ferry_abi::{ModuleId, ObjectId};
 use tokio::runtime::{Handle, Runtime};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::codec;
 use crate::config::NodeConfig;
@@ -64,6 +64,10 @@ pub struct NodeInner {
     pub modules: ModuleRegistry,
     /// Bounds the guest instances alive at once to the pool's size.
     pub instance_slots: Semaphore,
+    /// Guests blocked in a host `get` or `wait`.
+    pub(crate) guests_waiting: AtomicUsize,
+    /// Woken when every instance slot is held by a blocked guest.
+    pub(crate) slots_stalled: Notify,
     /// The runtime running tasks.
     pub handle: Handle,
     pub(crate) tasks_submitted: AtomicU64,
@@ -75,12 +79,40 @@ impl NodeInner {
     /// Submits a call of `function` in `module`. Returns the id of its result object, holding
     /// one reference for the caller. Checks the function and the argument count now; the rest
     /// is reported through the result.
+    ///
+    /// The caller has already taken one count on every ref in `args`; the task owns those
+    /// counts from here on (and they are released here if the call is refused).
     pub fn submit(
         self: &Arc<Self>,
         module: ModuleId,
         function: &str,
         args: Vec<CallArg>,
     ) -> Result<ObjectId, CallError> {
+        let held = TaskSpec::refs_of(&args);
+        self.check_call(module, function, args.len())
+            .inspect_err(|_| {
+                self.objects.release_all(&held);
+            })?;
+        let spec = TaskSpec {
+            module,
+            function: function.to_owned(),
+            args,
+            result: self.ids.next(),
+        };
+        // One count for the caller's handle, one for the task until it finishes.
+        self.objects.insert_pending(spec.result, 2);
+        let id = spec.result;
+        self.tasks_submitted.fetch_add(1, Ordering::Relaxed);
+        let node = self.clone();
+        self.handle.spawn(async move {
+            run_task(node.clone(), spec).await;
+            node.tasks_finished.fetch_add(1, Ordering::Relaxed);
+        });
+        Ok(id)
+    }
+
+    /// Checks that the module has the function and that it takes `argc` arguments.
+    fn check_call(&self, module: ModuleId, function: &str, argc: usize) -> Result<(), CallError> {
         let loaded = self
             .modules
             .get(&module)
@@ -97,33 +129,32 @@ impl NodeInner {
                     .join(", "),
             });
         };
-        if sig.params.len() != args.len() {
+        if sig.params.len() != argc {
             return Err(CallError::ArgumentCount {
                 function: function.to_owned(),
                 expected: sig.params.len(),
-                got: args.len(),
+                got: argc,
                 signature: sig.display_signature(),
             });
         }
-        let spec = TaskSpec {
-            module,
-            function: function.to_owned(),
-            args,
-            result: self.ids.next(),
-        };
-        for id in spec.held_refs() {
-            self.objects.retain(id);
+        Ok(())
+    }
+
+    /// Whether every instance slot is held by a guest blocked on another task, so that no
+    /// queued task can ever start (only a guest's own timeout could change that).
+    pub fn slots_stalled(&self) -> bool {
+        self.instance_slots.available_permits() == 0
+            && self.guests_waiting.load(Ordering::SeqCst)
+                >= self.config.max_instances.max(1) as usize
+    }
+
+    /// Marks a guest as blocked until the returned guard drops.
+    pub fn guest_waiting(&self) -> WaitingGuest<'_> {
+        self.guests_waiting.fetch_add(1, Ordering::SeqCst);
+        if self.slots_stalled() {
+            self.slots_stalled.notify_waiters();
         }
-        // One count for the caller's handle, one for the task until it finishes.
-        self.objects.insert_pending(spec.result, 2);
-        let id = spec.result;
-        self.tasks_submitted.fetch_add(1, Ordering::Relaxed);
-        let node = self.clone();
-        self.handle.spawn(async move {
-            run_task(node.clone(), spec).await;
-            node.tasks_finished.fetch_add(1, Ordering::Relaxed);
-        });
-        Ok(id)
+        WaitingGuest { node: self }
     }
 
     /// The node's figures.
@@ -149,7 +180,20 @@ impl NodeInner {
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().expect("the node's runtime dropped a task it was running")
+        rx.recv()
+            .expect("the node's runtime dropped a task it was running")
+    }
+}
+
+/// A guest blocked in a host call; see [`NodeInner::guest_waiting`].
+#[derive(Debug)]
+pub struct WaitingGuest<'a> {
+    node: &'a NodeInner,
+}
+
+impl Drop for WaitingGuest<'_> {
+    fn drop(&mut self) {
+        self.node.guests_waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -184,6 +228,8 @@ impl Node {
             ids: IdGenerator::new(id),
             modules,
             instance_slots: Semaphore::new(config.max_instances.max(1) as usize),
+            guests_waiting: AtomicUsize::new(0),
+            slots_stalled: Notify::new(),
             handle: runtime.handle().clone(),
             tasks_submitted: AtomicU64::new(0),
             tasks_finished: AtomicU64::new(0),

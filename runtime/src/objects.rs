@@ -99,7 +99,11 @@ impl ObjectTable {
 
     /// Records the outcome of the task producing `id` and wakes its waiters. Retains the refs
     /// a successful result contains. Does nothing if nobody holds `id` any more.
-    pub fn complete(&self, id: ObjectId, outcome: Result<(Arc<Sealed>, Vec<ObjectId>), Arc<TaskError>>) {
+    pub fn complete(
+        &self,
+        id: ObjectId,
+        outcome: Result<(Arc<Sealed>, Vec<ObjectId>), Arc<TaskError>>,
+    ) {
         let notify = {
             let mut t = self.lock();
             let contained = match &outcome {

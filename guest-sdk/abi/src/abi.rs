@@ -41,7 +41,8 @@ pub mod import {
     pub const PUT: &str = "put";
     /// `(id_ptr, timeout_ms: i64) -> i64`: the object's length (staged), or a negative status
     pub const GET: &str = "get";
-    /// `(dst_ptr, dst_len) -> status`: copies the staged bytes into guest memory
+    /// `(dst_ptr, dst_cap) -> i64`: the staged bytes' length; copies them into guest memory
+    /// (and clears them) if they fit in `dst_cap`
     pub const TAKE: &str = "take";
     /// `(request_ptr, request_len, out_id_ptr) -> status`: submits a [`super::CallRequest`]
     pub const CALL: &str = "call";

@@ -171,6 +171,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn typed_args_choose_value_or_object_by_type() {
         let f: RemoteFn<(u8, ObjectRef<u8>, Vec<ObjectRef<u8>>), ()> = RemoteFn::new("f", "");
         let r: ObjectRef<u8> = ObjectRef::adopt(ObjectId::new(1, 5));

@@ -17,8 +17,8 @@ impl ObjectId {
         let o = owner.to_le_bytes();
         let s = seq.to_le_bytes();
         Self([
-            o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7], s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-            s[7],
+            o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7], s[0], s[1], s[2], s[3], s[4], s[5],
+            s[6], s[7],
         ])
     }
 
@@ -52,7 +52,9 @@ fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
 fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], ParseIdError> {
     let s = s.as_bytes();
     if s.len() != 2 * N {
-        return Err(ParseIdError { expected_len: 2 * N });
+        return Err(ParseIdError {
+            expected_len: 2 * N,
+        });
     }
     let mut out = [0u8; N];
     for (i, pair) in s.chunks_exact(2).enumerate() {
@@ -60,7 +62,11 @@ fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], ParseIdError> {
         let lo = (pair[1] as char).to_digit(16);
         match (hi, lo) {
             (Some(hi), Some(lo)) => out[i] = (hi * 16 + lo) as u8,
-            _ => return Err(ParseIdError { expected_len: 2 * N }),
+            _ => {
+                return Err(ParseIdError {
+                    expected_len: 2 * N,
+                });
+            }
         }
     }
     Ok(out)

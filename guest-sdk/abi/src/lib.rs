@@ -26,3 +26,7 @@ mod object_ref;
 pub use args::{Arg, ArgSink, IntoArgs, RemoteFn, UntypedArgs};
 pub use ids::{ModuleId, ObjectId, ParseIdError};
 pub use object_ref::{ObjectRef, RefHooks, install_ref_hooks};
+
+/// What `wait` returns: the refs that are ready and the refs still pending, each in the order
+/// they were given (Ray's `ray.wait`).
+pub type ReadyPending<T> = (alloc::vec::Vec<ObjectRef<T>>, alloc::vec::Vec<ObjectRef<T>>);

@@ -88,7 +88,7 @@ impl<T: ?Sized> fmt::Debug for ObjectRef<T> {
     }
 }
 
-/// The serde name of a ref; the host's JSON conversion recognises refs by it.
+/// The serde name of a ref; manifests name ref types by it.
 pub const OBJECT_REF_SERDE_NAME: &str = "ObjectRef";
 
 impl<T: ?Sized> Serialize for ObjectRef<T> {

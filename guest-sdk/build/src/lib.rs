@@ -241,7 +241,8 @@ mod tests {
 
     #[test]
     fn reads_the_package_name() {
-        let toml = "[workspace]\nname = \"no\"\n[package]\nname = \"my-guest\"\nversion = \"0.1.0\"\n";
+        let toml =
+            "[workspace]\nname = \"no\"\n[package]\nname = \"my-guest\"\nversion = \"0.1.0\"\n";
         assert_eq!(package_name(toml).as_deref(), Some("my-guest"));
         assert_eq!(package_name("[dependencies]\nname = \"x\"\n"), None);
     }

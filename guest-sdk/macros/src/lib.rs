@@ -49,7 +49,10 @@ fn expand(func: &ItemFn) -> syn::Result<TokenStream2> {
         ));
     }
     if let Some(v) = &sig.variadic {
-        return Err(syn::Error::new(v.span(), "#[remote] functions cannot be variadic"));
+        return Err(syn::Error::new(
+            v.span(),
+            "#[remote] functions cannot be variadic",
+        ));
     }
     let name = &sig.ident;
     let name_str = name.to_string();
@@ -135,14 +138,20 @@ fn expand(func: &ItemFn) -> syn::Result<TokenStream2> {
         )
     };
 
-    let handle_doc = format!("The typed handle of the remote function [`{name_str}`](fn@{name_str}).");
+    let handle_doc =
+        format!("The typed handle of the remote function [`{name_str}`](fn@{name_str}).");
     Ok(quote! {
         #func
 
+        /// The Wasm export the host calls.
+        ///
+        /// # Safety
+        /// `ptr` and `len` must describe a buffer from `__ferry_alloc(len, 1)` holding the
+        /// encoded arguments; the shim takes ownership of it.
         #[doc(hidden)]
         #[allow(dead_code)]
         #[cfg_attr(target_arch = "wasm32", unsafe(export_name = #shim_export))]
-        pub extern "C" fn #shim(ptr: *mut u8, len: usize) -> i32 {
+        pub unsafe extern "C" fn #shim(ptr: *mut u8, len: usize) -> i32 {
             // SAFETY: the host calls a shim only with a buffer it got from
             // `__ferry_alloc(len, 1)` and filled (docs/abi.md, "Calling a function").
             let __bytes = unsafe { ::ferry_guest::__private::take_args(ptr, len) };
@@ -176,7 +185,7 @@ fn expand(func: &ItemFn) -> syn::Result<TokenStream2> {
         static #abi_static: [u8; 4] = ::ferry_guest::__private::ABI_SECTION_BYTES;
 
         #[doc = #handle_doc]
-        #[allow(unused_imports)]
+        #[allow(unused_imports, clippy::type_complexity)]
         #vis mod #name {
             use super::*;
             /// Call it with `client.call(REMOTE, args)` on the host or
@@ -189,11 +198,7 @@ fn expand(func: &ItemFn) -> syn::Result<TokenStream2> {
 
 fn is_result_type(ty: &Type) -> bool {
     match ty {
-        Type::Path(p) => p
-            .path
-            .segments
-            .last()
-            .is_some_and(|s| s.ident == "Result"),
+        Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "Result"),
         _ => false,
     }
 }

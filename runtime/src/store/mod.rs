@@ -92,9 +92,8 @@ impl ObjectStore {
             .mode(0o600)
             .open(&path)
             .map_err(io("create the store file"))?;
-        let len = libc::off_t::try_from(capacity).map_err(|_| {
-            StoreError::Config(format!("store capacity {capacity} is too large"))
-        })?;
+        let len = libc::off_t::try_from(capacity)
+            .map_err(|_| StoreError::Config(format!("store capacity {capacity} is too large")))?;
         // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
         let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
         if rc != 0 {
@@ -135,7 +134,10 @@ impl ObjectStore {
         let mut a = self.inner.alloc();
         let capacity = a.capacity();
         if Allocator::footprint(len64).is_none_or(|(size, _)| size > capacity) {
-            return Err(StoreError::TooLarge { len: len64, capacity });
+            return Err(StoreError::TooLarge {
+                len: len64,
+                capacity,
+            });
         }
         match a.allocate(len64) {
             Some((offset, size)) => Ok(Block {
@@ -196,7 +198,11 @@ impl Block {
         // so no other reference to these bytes exists.
         unsafe {
             std::slice::from_raw_parts_mut(
-                self.space.store.map.as_mut_ptr().add(self.space.offset as usize),
+                self.space
+                    .store
+                    .map
+                    .as_mut_ptr()
+                    .add(self.space.offset as usize),
                 self.len,
             )
         }
@@ -232,7 +238,11 @@ impl Sealed {
         // owns the `Space`) drops, which `&self` outlives the returned slice to prevent.
         unsafe {
             std::slice::from_raw_parts(
-                self.space.store.map.as_ptr().add(self.space.offset as usize),
+                self.space
+                    .store
+                    .map
+                    .as_ptr()
+                    .add(self.space.offset as usize),
                 self.len,
             )
         }
@@ -241,11 +251,6 @@ impl Sealed {
     /// The object's length in bytes.
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// Whether the object is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -278,7 +283,10 @@ mod tests {
             Err(StoreError::TooLarge { .. })
         ));
         let _a = s.put_bytes(&vec![1u8; 40 * 1024]).unwrap();
-        assert!(matches!(s.allocate(40 * 1024), Err(StoreError::Full { .. })));
+        assert!(matches!(
+            s.allocate(40 * 1024),
+            Err(StoreError::Full { .. })
+        ));
     }
 
     #[test]

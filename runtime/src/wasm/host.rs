@@ -24,13 +24,16 @@ const MAX_MESSAGE: usize = 64 * 1024;
 /// What a guest reported through `fail`.
 #[derive(Debug, Clone)]
 pub struct GuestFailure {
-    /// One of [`abi::fail_kind`].
+    /// One of [`abi::fail_kind`], or [`HOST_FAILURE`].
     pub kind: i32,
     /// The message.
     pub message: String,
     /// The encoded error value (for `fail_kind::ERROR`).
     pub cause: Vec<u8>,
 }
+
+/// The `kind` of a failure the host recorded itself (not one of [`abi::fail_kind`]).
+pub const HOST_FAILURE: i32 = 0;
 
 /// Bytes waiting for the guest to `take` them.
 #[derive(Debug, Default)]
@@ -222,6 +225,14 @@ fn node_of(st: &mut TaskState) -> Result<Arc<NodeInner>, i32> {
     }
 }
 
+/// Fails a host call for a pointer or length outside the guest's memory.
+fn out_of_bounds(st: &mut TaskState, what: &str) -> i32 {
+    st.refuse(
+        status::BAD_REQUEST,
+        format!("{what} lies outside the guest's memory"),
+    )
+}
+
 macro_rules! try_status {
     ($e:expr) => {
         match $e {
@@ -250,12 +261,15 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
             let (mem_data, st) = mem.data_and_store_mut(&mut caller);
             let node = try_status!(node_of(st));
             let Some(ids) = guest_ids(mem_data, refs, nrefs) else {
-                return Ok(status::BAD_REQUEST);
+                return Ok(out_of_bounds(st, "the ref list"));
             };
             try_status!(st.check_granted(&ids));
             let Some(bytes) = guest_bytes(mem_data, data, len) else {
-                return Ok(status::BAD_REQUEST);
+                return Ok(out_of_bounds(st, "the value"));
             };
+            if range(out, 16).and_then(|r| mem_data.get(r)).is_none() {
+                return Ok(out_of_bounds(st, "the id out-pointer"));
+            }
             let sealed = match node.store.put_bytes(bytes) {
                 Ok(s) => s,
                 Err(e) => return Ok(st.refuse(status::STORE_FULL, e.to_string())),
@@ -263,9 +277,7 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
             let id = node.ids.next();
             node.objects.insert_ready(id, sealed, ids, 1);
             st.granted.insert(id);
-            if !write_guest(mem_data, out, &id.0) {
-                return Ok(status::BAD_REQUEST);
-            }
+            write_guest(mem_data, out, &id.0);
             Ok(status::OK)
         },
     )?;
@@ -282,7 +294,7 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                 let (mem_data, st) = mem.data_and_store_mut(&mut caller);
                 let Some(id) = guest_ids(mem_data, id_ptr, 1).and_then(|v| v.first().copied())
                 else {
-                    return Ok(status::BAD_REQUEST as i64);
+                    return Ok(out_of_bounds(st, "the id") as i64);
                 };
                 let node = match node_of(st) {
                     Ok(n) => n,
@@ -292,7 +304,10 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                     return Ok(code as i64);
                 }
                 st.pause_clock();
-                let outcome = node.objects.wait_ready(id, timeout(timeout_ms)).await;
+                let outcome = {
+                    let _waiting = node.guest_waiting();
+                    node.objects.wait_ready(id, timeout(timeout_ms)).await
+                };
                 let st = caller.data_mut();
                 st.resume_clock();
                 Ok(match outcome {
@@ -331,7 +346,7 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                 return Ok(len as i64);
             }
             if !write_guest(mem_data, dst, staged) {
-                return Ok(status::BAD_REQUEST as i64);
+                return Ok(out_of_bounds(st, "the destination") as i64);
             }
             st.staged = Staged::Empty;
             Ok(len as i64)
@@ -341,17 +356,26 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
     l.func_wrap(
         m,
         abi::import::CALL,
-        |mut caller: Caller<'_, TaskState>, req: i32, len: i32, out: i32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, TaskState>,
+         req: i32,
+         len: i32,
+         out: i32|
+         -> wasmtime::Result<i32> {
             let mem = try_status!(memory(&mut caller));
             let (mem_data, st) = mem.data_and_store_mut(&mut caller);
             let node = try_status!(node_of(st));
             let Some(bytes) = guest_bytes(mem_data, req, len) else {
-                return Ok(status::BAD_REQUEST);
+                return Ok(out_of_bounds(st, "the call request"));
             };
+            if range(out, 16).and_then(|r| mem_data.get(r)).is_none() {
+                return Ok(out_of_bounds(st, "the id out-pointer"));
+            }
             let request: CallRequest = match postcard::from_bytes(bytes) {
                 Ok(r) => r,
                 Err(e) => {
-                    return Ok(st.refuse(status::BAD_REQUEST, format!("malformed call request: {e}")));
+                    return Ok(
+                        st.refuse(status::BAD_REQUEST, format!("malformed call request: {e}"))
+                    );
                 }
             };
             let mut used = Vec::new();
@@ -362,14 +386,16 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                 }
             }
             try_status!(st.check_granted(&used));
+            // The task's grants end with it; the nested task takes counts of its own.
+            for id in &used {
+                node.objects.retain(*id);
+            }
             let module = request.module.unwrap_or(st.module);
             match node.submit(module, &request.function, request.args) {
                 Ok(id) => {
                     // `submit` took one count for the caller's handle; the task's grant owns it.
                     st.granted.insert(id);
-                    if !write_guest(mem_data, out, &id.0) {
-                        return Ok(status::BAD_REQUEST);
-                    }
+                    write_guest(mem_data, out, &id.0);
                     Ok(status::OK)
                 }
                 Err(e) => {
@@ -394,19 +420,21 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                 let (mem_data, st) = mem.data_and_store_mut(&mut caller);
                 let node = try_status!(node_of(st));
                 let Some(ids) = guest_ids(mem_data, ids_ptr, count) else {
-                    return Ok(status::BAD_REQUEST);
+                    return Ok(out_of_bounds(st, "the id list"));
                 };
                 try_status!(st.check_granted(&ids));
                 st.pause_clock();
-                let flags = node
-                    .objects
-                    .wait_many(&ids, num_ready as u32 as usize, timeout(timeout_ms))
-                    .await;
+                let flags = {
+                    let _waiting = node.guest_waiting();
+                    node.objects
+                        .wait_many(&ids, num_ready as u32 as usize, timeout(timeout_ms))
+                        .await
+                };
                 let (mem_data, st) = mem.data_and_store_mut(&mut caller);
                 st.resume_clock();
                 let bytes: Vec<u8> = flags.iter().map(|&f| f as u8).collect();
                 if !write_guest(mem_data, out, &bytes) {
-                    return Ok(status::BAD_REQUEST);
+                    return Ok(out_of_bounds(st, "the ready flags"));
                 }
                 Ok(flags.iter().filter(|&&f| f).count() as i32)
             })
@@ -428,17 +456,25 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                 return Ok(st.refuse(status::BAD_REQUEST, "the result was already set".into()));
             }
             let Some(ids) = guest_ids(mem_data, refs, nrefs) else {
-                return Ok(status::BAD_REQUEST);
+                return Ok(out_of_bounds(st, "the ref list"));
             };
             try_status!(st.check_granted(&ids));
             let Some(bytes) = guest_bytes(mem_data, data, len) else {
-                return Ok(status::BAD_REQUEST);
+                return Ok(out_of_bounds(st, "the result"));
             };
             match &st.node {
                 None => st.raw_result = Some(bytes.to_vec()),
                 Some(node) => match node.store.put_bytes(bytes) {
                     Ok(sealed) => st.result = Some((sealed, ids)),
-                    Err(e) => return Ok(st.refuse(status::STORE_FULL, e.to_string())),
+                    Err(e) => {
+                        // The task fails with the host's reason, whatever the guest does next.
+                        st.failure.get_or_insert(GuestFailure {
+                            kind: HOST_FAILURE,
+                            message: format!("could not store the result: {e}"),
+                            cause: Vec::new(),
+                        });
+                        return Ok(st.refuse(status::STORE_FULL, e.to_string()));
+                    }
                 },
             }
             Ok(status::OK)
@@ -486,9 +522,13 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
             };
             let function = st.function.as_str();
             match level {
-                abi::log_level::ERROR => tracing::error!(target: "ferry::guest", function, "{text}"),
+                abi::log_level::ERROR => {
+                    tracing::error!(target: "ferry::guest", function, "{text}")
+                }
                 abi::log_level::WARN => tracing::warn!(target: "ferry::guest", function, "{text}"),
-                abi::log_level::DEBUG => tracing::debug!(target: "ferry::guest", function, "{text}"),
+                abi::log_level::DEBUG => {
+                    tracing::debug!(target: "ferry::guest", function, "{text}")
+                }
                 _ => tracing::info!(target: "ferry::guest", function, "{text}"),
             }
         },

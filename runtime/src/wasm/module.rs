@@ -23,8 +23,6 @@ pub struct LoadedModule {
     pub pre: InstancePre<TaskState>,
     /// Its functions, by name.
     pub functions: BTreeMap<String, FunctionSig>,
-    /// Size of the Wasm bytes.
-    pub size: usize,
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -138,11 +136,7 @@ impl ModuleRegistry {
             .instantiate_pre(&module)
             .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
         drop(guard);
-        Ok(Prepared::New {
-            id,
-            pre,
-            size: wasm.len(),
-        })
+        Ok(Prepared::New { id, pre })
     }
 
     /// Reads the manifest of a prepared module by calling its signature exports, and makes
@@ -153,21 +147,24 @@ impl ModuleRegistry {
         time_limit: std::time::Duration,
         memory_limit: u64,
     ) -> Result<Arc<LoadedModule>, ModuleError> {
-        let (id, pre, size) = match prepared {
+        let (id, pre) = match prepared {
             Prepared::Loaded(m) => return Ok(m),
-            Prepared::New { id, pre, size } => (id, pre, size),
+            Prepared::New { id, pre } => (id, pre),
         };
         let mut loaded = LoadedModule {
             id,
             pre,
             functions: BTreeMap::new(),
-            size,
         };
         let sig_names: Vec<String> = loaded
             .pre
             .module()
             .exports()
-            .filter_map(|e| e.name().strip_prefix(abi::EXPORT_SIG_PREFIX).map(str::to_owned))
+            .filter_map(|e| {
+                e.name()
+                    .strip_prefix(abi::EXPORT_SIG_PREFIX)
+                    .map(str::to_owned)
+            })
             .collect();
         for name in sig_names {
             if loaded
@@ -215,12 +212,16 @@ impl ModuleRegistry {
                 }
             }
         }
-        let module = Module::new(engine, wasm).map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        let module =
+            Module::new(engine, wasm).map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
         self.compiled.fetch_add(1, Ordering::Relaxed);
         if let Some(path) = self.cache_path(id)
             && let Err(e) = write_cache(&path, &module)
         {
-            tracing::warn!("could not cache the compiled module in {}: {e}", path.display());
+            tracing::warn!(
+                "could not cache the compiled module in {}: {e}",
+                path.display()
+            );
         }
         Ok(module)
     }
@@ -236,8 +237,6 @@ pub enum Prepared {
         id: ModuleId,
         /// Pre-linked.
         pre: InstancePre<TaskState>,
-        /// Size of the Wasm bytes.
-        size: usize,
     },
 }
 

@@ -12,7 +12,7 @@ use crate::error::{GetError, TaskError, TaskErrorKind};
 use crate::node::NodeInner;
 use crate::store::Sealed;
 use crate::wasm::engine::{MemoryLimitExceeded, TimeLimitExceeded};
-use crate::wasm::host::{GuestFailure, TaskState};
+use crate::wasm::host::{GuestFailure, HOST_FAILURE, TaskState};
 use crate::wasm::module::LoadedModule;
 
 /// Everything needed to run (and, later, to re-run) a call: Ray's task spec, kept as lineage.
@@ -32,8 +32,13 @@ impl TaskSpec {
     /// Every ref the task holds while it waits and runs: top-level refs and refs inside
     /// values.
     pub fn held_refs(&self) -> Vec<ObjectId> {
+        Self::refs_of(&self.args)
+    }
+
+    /// Every ref in an argument list.
+    pub fn refs_of(args: &[CallArg]) -> Vec<ObjectId> {
         let mut out = Vec::new();
-        for a in &self.args {
+        for a in args {
             match a {
                 CallArg::Value { refs, .. } => out.extend_from_slice(refs),
                 CallArg::Object(id) => out.push(*id),
@@ -45,7 +50,8 @@ impl TaskSpec {
 
 /// Runs `spec` on `node` to completion and records the outcome in the object table.
 pub async fn run_task(node: Arc<NodeInner>, spec: TaskSpec) {
-    let outcome = execute(&node, &spec).await;
+    let mut granted = Vec::new();
+    let outcome = execute(&node, &spec, &mut granted).await;
     let outcome = match outcome {
         Ok(r) => Ok(r),
         Err(kind) => {
@@ -58,7 +64,10 @@ pub async fn run_task(node: Arc<NodeInner>, spec: TaskSpec) {
             Err(Arc::new(err))
         }
     };
+    // Record the result (which retains the refs it contains) before the guest's grants go,
+    // so that objects the guest made and returned survive the end of the task.
     node.objects.complete(spec.result, outcome);
+    node.objects.release_all(&granted);
     // The task's own holds: its argument refs and its count on the result.
     node.objects.release_all(&spec.held_refs());
     node.objects.release(spec.result);
@@ -66,7 +75,9 @@ pub async fn run_task(node: Arc<NodeInner>, spec: TaskSpec) {
 
 type Outcome = Result<(Arc<Sealed>, Vec<ObjectId>), TaskErrorKind>;
 
-async fn execute(node: &Arc<NodeInner>, spec: &TaskSpec) -> Outcome {
+/// Runs the task; `granted` receives the refs the guest held, for the caller to release once
+/// the outcome is recorded.
+async fn execute(node: &Arc<NodeInner>, spec: &TaskSpec, granted: &mut Vec<ObjectId>) -> Outcome {
     // 1. Top-level refs become values: wait for each and splice its bytes into the argument
     //    buffer. postcard encodes a tuple as its fields one after another, so the buffer is
     //    the encoding of the whole parameter tuple.
@@ -105,13 +116,13 @@ async fn execute(node: &Arc<NodeInner>, spec: &TaskSpec) -> Outcome {
         });
     };
     if !module.functions.contains_key(&spec.function) {
-        return Err(TaskErrorKind::UnknownFunction { module: spec.module });
+        return Err(TaskErrorKind::UnknownFunction {
+            module: spec.module,
+        });
     }
 
     // 2. A pooled instance slot.
-    let _permit = node.instance_slots.acquire().await.map_err(|_| TaskErrorKind::Host {
-        detail: "the node is shutting down".into(),
-    })?;
+    let _permit = acquire_slot(node).await?;
 
     let mut state = TaskState::new(
         Some(node.clone()),
@@ -123,25 +134,42 @@ async fn execute(node: &Arc<NodeInner>, spec: &TaskSpec) -> Outcome {
     for g in grants {
         state.grant(&node.objects, g);
     }
-    let result = call_guest(node, &module, state, &spec.function, &args).await;
-    result
-}
-
-/// Runs one export in a fresh instance. Releases the task's grants before returning.
-async fn call_guest(
-    node: &Arc<NodeInner>,
-    module: &LoadedModule,
-    state: TaskState,
-    function: &str,
-    args: &[u8],
-) -> Outcome {
-    let mut store = new_store(module, state);
-    let outcome = run_in_store(&mut store, module, function, args).await;
+    let mut store = new_store(&module, state);
+    let outcome = run_in_store(&mut store, &module, &spec.function, &args).await;
     let state = store.into_data();
-    node.objects
-        .release_all(&state.granted.iter().copied().collect::<Vec<_>>());
+    granted.extend(state.granted.iter().copied());
     let limits = (state.time_limit, state.limiter.limit as u64);
     classify(outcome, state.result, state.failure, limits)
+}
+
+/// Waits for an instance slot. If every slot is held by a guest that waits for another task,
+/// no queued task could ever start: fail with a clear error instead of hanging.
+async fn acquire_slot(node: &NodeInner) -> Result<tokio::sync::SemaphorePermit<'_>, TaskErrorKind> {
+    loop {
+        let stalled = node.slots_stalled.notified();
+        tokio::pin!(stalled);
+        stalled.as_mut().enable();
+        if let Ok(p) = node.instance_slots.try_acquire() {
+            return Ok(p);
+        }
+        if node.slots_stalled() {
+            return Err(TaskErrorKind::Host {
+                detail: format!(
+                    "cannot start: all {} guest instances are blocked waiting for other tasks \
+                     (nested calls outgrew the instance pool; raise max_instances)",
+                    node.config.max_instances
+                ),
+            });
+        }
+        tokio::select! {
+            p = node.instance_slots.acquire() => {
+                return p.map_err(|_| TaskErrorKind::Host {
+                    detail: "the node is shutting down".into(),
+                });
+            }
+            () = &mut stalled => {}
+        }
+    }
 }
 
 /// A store with the limits and the epoch callback installed.
@@ -249,6 +277,7 @@ fn classify(
 
 fn failure_kind(f: GuestFailure) -> TaskErrorKind {
     match f.kind {
+        HOST_FAILURE => TaskErrorKind::Host { detail: f.message },
         fail_kind::PANIC => TaskErrorKind::Panicked { message: f.message },
         fail_kind::BAD_ARGUMENTS => TaskErrorKind::BadArguments { detail: f.message },
         _ => TaskErrorKind::Failed {

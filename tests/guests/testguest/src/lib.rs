@@ -57,7 +57,9 @@ pub fn area(shape: Shape) -> f64 {
 
 #[remote]
 pub fn greet(name: String, times: Option<u32>) -> Vec<String> {
-    (0..times.unwrap_or(1)).map(|i| format!("hello {name} #{i}")).collect()
+    (0..times.unwrap_or(1))
+        .map(|i| format!("hello {name} #{i}"))
+        .collect()
 }
 
 /// A struct holding refs: stored inside an object, they keep their targets alive.
@@ -191,4 +193,9 @@ pub fn bytes_len(data: Vec<u8>) -> u64 {
 #[remote]
 pub fn make_bytes(len: u32, fill: u8) -> Vec<u8> {
     vec![fill; len as usize]
+}
+
+#[remote]
+pub fn double(x: u64) -> u64 {
+    x * 2
 }

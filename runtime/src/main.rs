@@ -1,0 +1,286 @@
+//! The `ferry` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use ferry::json::{args_from_json, cause_to_json, result_to_json};
+use ferry::{Client, GetError, NodeConfig, ObjectRef};
+
+/// ferry: ship functions by value as WebAssembly modules and run them.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a function of a module on an embedded node and print its result as JSON.
+    ///
+    /// Each argument is one JSON value, converted to the function's parameter type with the
+    /// module's manifest: `ferry run guest.wasm add 1 2`, `ferry run guest.wasm greet '"ada"'`,
+    /// `ferry run guest.wasm area '{"Circle":{"center":{"x":0,"y":0},"radius":1}}'`.
+    Run(RunArgs),
+    /// List a module's functions and their signatures.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The module (.wasm) to load.
+    module: PathBuf,
+    /// The function to call.
+    function: String,
+    /// The arguments, one JSON value each.
+    args: Vec<String>,
+    /// Print the result indented.
+    #[arg(long)]
+    pretty: bool,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// The module (.wasm) to inspect.
+    module: PathBuf,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// Settings of the embedded node.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Object store size (bytes; K, M, G suffixes allowed).
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    store_size: u64,
+    /// Directory of the object store file [default: /dev/shm].
+    #[arg(long)]
+    store_dir: Option<PathBuf>,
+    /// Directory for compiled modules [default: $FERRY_CACHE_DIR or ~/.cache/ferry].
+    #[arg(long, conflicts_with = "no_cache")]
+    cache_dir: Option<PathBuf>,
+    /// Do not cache compiled modules on disk.
+    #[arg(long)]
+    no_cache: bool,
+    /// Time limit of a call's guest code (e.g. 500ms, 30s, 2m).
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    time_limit: Duration,
+    /// Memory limit of a guest instance (bytes; K, M, G suffixes allowed).
+    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    memory_limit: u64,
+    /// Threads running guest code [default: number of cores].
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+impl NodeArgs {
+    fn config(&self) -> NodeConfig {
+        let mut c = NodeConfig {
+            store_capacity: self.store_size,
+            time_limit: self.time_limit,
+            memory_limit: self.memory_limit,
+            ..NodeConfig::default()
+        };
+        if let Some(d) = &self.store_dir {
+            c.store_dir = d.clone();
+        }
+        if self.no_cache {
+            c.cache_dir = None;
+        } else if let Some(d) = &self.cache_dir {
+            c.cache_dir = Some(d.clone());
+        }
+        if let Some(w) = self.workers {
+            c.workers = w;
+        }
+        c
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (examples: 4096, 64K, 256M, 2G)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}` (use K, M or G)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (examples: 500ms, 30s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run(a),
+        Command::Inspect(a) => inspect(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = format!("error: {e}");
+            for cause in e.chain().skip(1) {
+                msg.push_str(&format!(": {cause}"));
+            }
+            eprintln!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(node: &NodeArgs) -> anyhow::Result<Client> {
+    Client::embedded_with(node.config()).context("could not start the embedded node")
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let client = start(&a.node)?;
+    let module = client
+        .load_file(&a.module)
+        .with_context(|| format!("could not load {}", a.module.display()))?;
+    let Some(sig) = module.signature(&a.function) else {
+        let names: Vec<&str> = module.functions().map(|f| f.name.as_str()).collect();
+        bail!(
+            "{} has no function `{}` (it has: {})",
+            a.module.display(),
+            a.function,
+            names.join(", ")
+        );
+    };
+    let sig = sig.clone();
+    let args = args_from_json(&sig, &a.args)?;
+    let r: ObjectRef<()> = module.call_encoded(&a.function, args)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the driver runtime")?;
+    let bytes = match rt.block_on(client.get_encoded(&r)) {
+        Ok(b) => b,
+        Err(GetError::Task(e)) => {
+            let mut msg = e.to_string();
+            if let ferry::TaskErrorKind::Failed { cause, .. } = &e.kind
+                && let Some(v) = cause_to_json(&sig, cause)
+            {
+                msg.push_str(&format!(" (cause: {v})"));
+            }
+            bail!(msg);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let value = result_to_json(&sig, &bytes)?;
+    let text = if a.pretty {
+        serde_json::to_string_pretty(&value)?
+    } else {
+        serde_json::to_string(&value)?
+    };
+    println!("{text}");
+    Ok(())
+}
+
+fn inspect(a: InspectArgs) -> anyhow::Result<()> {
+    let client = start(&a.node)?;
+    let module = client
+        .load_file(&a.module)
+        .with_context(|| format!("could not load {}", a.module.display()))?;
+    if a.json {
+        let functions: Vec<serde_json::Value> = module
+            .functions()
+            .map(|f| {
+                serde_json::json!({
+                    "name": f.name,
+                    "signature": f.display_signature(),
+                    "params": f.params.iter().map(|p| serde_json::json!({
+                        "name": p.name, "type": p.ty.rust,
+                    })).collect::<Vec<_>>(),
+                    "result": f.result.rust,
+                    "error": f.error.as_ref().map(|e| e.rust.clone()),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "module": module.id().to_string(),
+            "abi_version": ferry_abi_version(),
+            "functions": functions,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("module {}", module.id());
+    println!("ferry ABI version {}", ferry_abi_version());
+    println!("functions:");
+    for f in module.functions() {
+        println!("  {}{}", f.name, f.display_signature());
+    }
+    Ok(())
+}
+
+fn ferry_abi_version() -> u32 {
+    ferry::ABI_VERSION
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("12X").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,212 @@
+//! Every way a call can fail comes back as a distinct typed error naming the function, and
+//! the node keeps serving afterwards.
+
+use std::time::Duration;
+
+use ferry::{CallError, Client, GetError, ObjectRef, RemoteFn, TaskErrorKind};
+use ferry_testguest::MathError;
+use ferry_tests::{node_with_guest, test_config, testguest_wasm};
+
+fn task_kind(err: &GetError) -> &TaskErrorKind {
+    &err.task_error()
+        .unwrap_or_else(|| panic!("not a task error: {err}"))
+        .kind
+}
+
+async fn still_serving(client: &Client, module: &ferry::ModuleHandle) {
+    let r: ObjectRef<i64> = module.call("add", (2i64, 2i64)).unwrap();
+    assert_eq!(client.get(&r).await.unwrap(), 4);
+}
+
+#[tokio::test]
+async fn a_panic_carries_its_message() {
+    let (_d, client, module) = node_with_guest();
+    let r: ObjectRef<i64> = module.call("panics", ("boom".to_string(),)).unwrap();
+    let err = client.get(&r).await.unwrap_err();
+    let task = err.task_error().unwrap();
+    assert_eq!(task.function, "panics");
+    match task_kind(&err) {
+        TaskErrorKind::Panicked { message } => {
+            assert!(message.contains("guest panicked: boom"), "{message}");
+            assert!(message.contains("src/lib.rs"), "{message}");
+        }
+        other => panic!("expected a panic, got {other:?}"),
+    }
+    assert!(err.to_string().contains("task `panics`"), "{err}");
+    still_serving(&client, &module).await;
+}
+
+#[tokio::test]
+async fn an_err_carries_a_typed_cause() {
+    let (_d, client, module) = node_with_guest();
+    let divide = module.function(ferry_testguest::divide::REMOTE).unwrap();
+    let err = client.get(&divide.call((7, 0)).unwrap()).await.unwrap_err();
+    assert!(matches!(task_kind(&err), TaskErrorKind::Failed { .. }));
+    assert!(err.to_string().contains("cannot divide 7 by zero"), "{err}");
+    let cause: MathError = err.task_error().unwrap().cause().unwrap();
+    assert_eq!(cause, MathError::DivideByZero { numerator: 7 });
+    // Ok values of a Result-returning function are plain values.
+    assert_eq!(client.get(&divide.call((8, 2)).unwrap()).await.unwrap(), 4);
+}
+
+#[tokio::test]
+async fn a_trap_is_reported_with_the_function() {
+    let (_d, client, module) = node_with_guest();
+    let r: ObjectRef<i64> = module.call("traps", ()).unwrap();
+    let err = client.get(&r).await.unwrap_err();
+    match task_kind(&err) {
+        TaskErrorKind::Trapped { trap } => assert!(trap.contains("unreachable"), "{trap}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    still_serving(&client, &module).await;
+}
+
+#[tokio::test]
+async fn an_infinite_loop_hits_the_time_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.time_limit = Duration::from_millis(200);
+    let client = Client::embedded_with(config).unwrap();
+    let module = client.load(&testguest_wasm()).unwrap();
+    let r: ObjectRef<u64> = module.call("spin_forever", ()).unwrap();
+    let err = client.get(&r).await.unwrap_err();
+    assert!(
+        matches!(task_kind(&err), TaskErrorKind::TimedOut { limit } if *limit == Duration::from_millis(200)),
+        "{err}"
+    );
+    still_serving(&client, &module).await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_hits_the_memory_limit() {
+    let (_d, client, module) = node_with_guest();
+    // The test node allows 64 MiB per instance.
+    let r: ObjectRef<u64> = module.call("allocate", (200u32,)).unwrap();
+    let err = client.get(&r).await.unwrap_err();
+    assert!(
+        matches!(task_kind(&err), TaskErrorKind::MemoryLimit { limit } if *limit == 64 << 20),
+        "{err}"
+    );
+    // Within the limit is fine.
+    let r: ObjectRef<u64> = module.call("allocate", (8u32,)).unwrap();
+    assert_eq!(client.get(&r).await.unwrap(), 8 << 20);
+}
+
+#[tokio::test]
+async fn unknown_functions_and_wrong_arity_fail_at_submission() {
+    let (_d, client, module) = node_with_guest();
+    let err = module.call::<i64>("nope", (1i64,)).unwrap_err();
+    assert!(matches!(err, CallError::UnknownFunction { .. }), "{err}");
+    assert!(
+        err.to_string().contains("`nope`") && err.to_string().contains("add"),
+        "{err}"
+    );
+    let err = module.call::<i64>("add", (1i64,)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::ArgumentCount {
+                expected: 2,
+                got: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A guest calling an unknown function gets an error it can return.
+    let r: ObjectRef<i64> = module.call("call_missing", ()).unwrap();
+    let err = client.get(&r).await.unwrap_err();
+    assert!(err.to_string().contains("no_such_function"), "{err}");
+    still_serving(&client, &module).await;
+}
+
+#[tokio::test]
+async fn arguments_that_do_not_decode_name_the_parameter() {
+    let (_d, client, module) = node_with_guest();
+    // Variant 7 of `Shape` does not exist.
+    let r: ObjectRef<f64> = module.call("area", (7u32,)).unwrap();
+    let err = client.get(&r).await.unwrap_err();
+    match task_kind(&err) {
+        TaskErrorKind::BadArguments { detail } => {
+            assert!(detail.contains("argument 1 `shape: Shape`"), "{detail}");
+            assert!(detail.contains("`area`"), "{detail}");
+        }
+        other => panic!("expected bad arguments, got {other:?}"),
+    }
+    // Extra bytes after the last parameter.
+    let r: ObjectRef<i64> = module.call("echo", ((1i64, 2i64),)).unwrap();
+    let err = client.get(&r).await.unwrap_err();
+    assert!(
+        matches!(task_kind(&err), TaskErrorKind::BadArguments { .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_upstream_names_itself_downstream() {
+    let (_d, client, module) = node_with_guest();
+    let divide = module.function(ferry_testguest::divide::REMOTE).unwrap();
+    let echo = module.function(ferry_testguest::echo::REMOTE).unwrap();
+    let bad = divide.call((1, 0)).unwrap();
+    let downstream = echo.call((&bad,)).unwrap();
+    let err = client.get(&downstream).await.unwrap_err();
+    let task = err.task_error().unwrap();
+    assert_eq!(task.function, "echo");
+    assert!(matches!(
+        task.kind,
+        TaskErrorKind::UpstreamFailed { argument: 1, .. }
+    ));
+    assert_eq!(task.root().function, "divide");
+    assert_eq!(
+        task.cause::<MathError>(),
+        Some(MathError::DivideByZero { numerator: 1 })
+    );
+    assert!(err.to_string().contains("task `divide`"), "{err}");
+}
+
+#[tokio::test]
+async fn guests_cannot_read_objects_they_were_not_given() {
+    let (_d, client, module) = node_with_guest();
+    let secret = client.put(&99i64).unwrap();
+    let r: ObjectRef<i64> = module.call("forge_ref", (secret.id().seq(),)).unwrap();
+    let err = client.get(&r).await.unwrap_err();
+    assert!(err.to_string().contains("not given to this task"), "{err}");
+}
+
+#[tokio::test]
+async fn a_stale_typed_handle_is_refused() {
+    let (_d, _client, module) = node_with_guest();
+    let wrong: RemoteFn<(i64,), i64> = RemoteFn::new("add", "(a: i64) -> i64");
+    let err = module.function(wrong).unwrap_err();
+    assert!(matches!(err, CallError::SignatureMismatch { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn decoding_as_the_wrong_type_is_a_decode_error() {
+    let (_d, client, _module) = node_with_guest();
+    // One byte with the continuation bit set is not a complete varint.
+    let r = client.put(&200u8).unwrap().cast::<u64>();
+    let err = client.get(&r).await.unwrap_err();
+    assert!(matches!(err, GetError::Decode { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn nested_calls_outgrowing_the_instance_pool_fail_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.max_instances = 4;
+    let client = Client::embedded_with(config).unwrap();
+    let module = client.load(&testguest_wasm()).unwrap();
+    // Every fib task waits on two children: with four instances the pool fills with waiting
+    // parents and the children can never start.
+    let r: ObjectRef<u64> = module.call("fib", (12u32,)).unwrap();
+    let err = client.get(&r).await.unwrap_err();
+    assert!(err.to_string().contains("raise max_instances"), "{err}");
+    // The rest of the tree unwinds by itself; then the node serves as before.
+    let start = std::time::Instant::now();
+    while client.stats().tasks_finished < client.stats().tasks_submitted {
+        assert!(start.elapsed() < Duration::from_secs(120), "the task tree never unwound");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    still_serving(&client, &module).await;
+}
