@@ -7,7 +7,7 @@ use ferry_abi::abi::{self, fail_kind};
 use ferry_abi::manifest::{FunctionSig, Param, TypeDesc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_reflection::{FormatHolder, Samples, Tracer, TracerConfig};
+use serde_reflection::{Format, FormatHolder, Registry, Samples, Tracer, TracerConfig};
 
 use crate::{codec, host};
 
@@ -140,73 +140,145 @@ pub fn ret_result<T: Serialize, E: Serialize + Display>(outcome: Result<T, E>) -
     }
 }
 
+/// Traces one type's format into a shared tracer.
+type TraceFn = fn(&mut Tracer, &Samples) -> Result<Format, String>;
+
+fn trace_one<T: DeserializeOwned>(
+    tracer: &mut Tracer,
+    samples: &Samples,
+) -> Result<Format, String> {
+    let (mut format, _) = tracer
+        .trace_type_once::<T>(samples)
+        .map_err(|e| e.to_string())?;
+    format.normalize().map_err(|e| e.to_string())?;
+    Ok(format)
+}
+
+/// Traces every type of a signature into one registry. Enums are traced one variant per pass,
+/// and enums nested inside other types are only discovered by name when a pass reports them
+/// missing, so tracing repeats until the registry is complete (or a bound is reached, in which
+/// case the unexplored variants are left out).
+fn trace_all(types: &[TraceFn]) -> (Vec<Result<Format, String>>, Registry) {
+    let mut known_enums: Vec<String> = Vec::new();
+    for attempt in 0..16 {
+        let mut tracer = Tracer::new(TracerConfig::default());
+        let samples = Samples::new();
+        let mut formats: Vec<_> = types.iter().map(|t| t(&mut tracer, &samples)).collect();
+        for _pass in 0..1024 {
+            let mut incomplete = false;
+            for name in &known_enums {
+                incomplete |= tracer.check_incomplete_enum(name).is_some();
+            }
+            if !incomplete {
+                break;
+            }
+            formats = types.iter().map(|t| t(&mut tracer, &samples)).collect();
+        }
+        if attempt == 15 {
+            return (formats, tracer.registry_unchecked());
+        }
+        match tracer.registry() {
+            Ok(registry) => return (formats, registry),
+            Err(serde_reflection::Error::MissingVariants(names)) => {
+                let before = known_enums.len();
+                for n in names {
+                    if !known_enums.contains(&n) {
+                        known_enums.push(n);
+                    }
+                }
+                if known_enums.len() == before {
+                    // No progress possible; settle for what the next attempt traces.
+                    let mut tracer = Tracer::new(TracerConfig::default());
+                    let formats = types.iter().map(|t| t(&mut tracer, &samples)).collect();
+                    return (formats, tracer.registry_unchecked());
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                return (
+                    types.iter().map(|_| Err(reason.clone())).collect(),
+                    Registry::new(),
+                );
+            }
+        }
+    }
+    (
+        types.iter().map(|_| Err("not traced".into())).collect(),
+        Registry::new(),
+    )
+}
+
 /// Builds a function's signature for the manifest, tracing each type with serde-reflection.
 pub struct SigBuilder {
-    tracer: Tracer,
-    samples: Samples,
-    sig: FunctionSig,
+    name: String,
+    params: Vec<(String, String)>,
+    result: String,
+    error: Option<String>,
+    tracers: Vec<TraceFn>,
 }
 
 impl SigBuilder {
     /// Starts the signature of `name`.
     pub fn new(name: &str) -> Self {
         Self {
-            tracer: Tracer::new(TracerConfig::default()),
-            samples: Samples::new(),
-            sig: FunctionSig {
-                name: name.to_owned(),
-                params: Vec::new(),
-                result: TypeDesc::new("()", Err("not traced".into())),
-                error: None,
-                registry: Default::default(),
-            },
+            name: name.to_owned(),
+            params: Vec::new(),
+            result: "()".into(),
+            error: None,
+            tracers: Vec::new(),
         }
-    }
-
-    fn trace<T: DeserializeOwned>(&mut self, rust: &str) -> TypeDesc {
-        let format = self
-            .tracer
-            .trace_type::<T>(&self.samples)
-            .map_err(|e| e.to_string())
-            .and_then(|(mut format, _)| {
-                format.normalize().map_err(|e| e.to_string())?;
-                Ok(format)
-            });
-        TypeDesc::new(rust, format)
     }
 
     /// Adds a parameter.
     pub fn param<T: DeserializeOwned>(mut self, name: &str, rust: &str) -> Self {
-        let ty = self.trace::<T>(rust);
-        self.sig.params.push(Param {
-            name: name.to_owned(),
-            ty,
-        });
+        self.params.push((name.to_owned(), rust.to_owned()));
+        self.tracers.push(trace_one::<T>);
         self
     }
 
-    /// Sets the result type.
+    /// Sets the result type (call once, after the parameters).
     pub fn result<T: DeserializeOwned>(mut self, rust: &str) -> Self {
-        self.sig.result = self.trace::<T>(rust);
+        self.result = rust.to_owned();
+        self.tracers.push(trace_one::<T>);
         self
     }
 
-    /// Sets the error type of a `Result`-returning function.
+    /// Sets the error type of a `Result`-returning function (call after `result`).
     pub fn error<E: DeserializeOwned>(mut self, rust: &str) -> Self {
-        self.sig.error = Some(self.trace::<E>(rust));
+        self.error = Some(rust.to_owned());
+        self.tracers.push(trace_one::<E>);
         self
     }
 
-    /// Hands the signature to the host.
-    pub fn finish(mut self) -> i32 {
+    /// Traces the types and hands the signature to the host.
+    pub fn finish(self) -> i32 {
         codec::install_hooks();
-        let mut registry = self.tracer.registry_unchecked();
-        for container in registry.values_mut() {
-            // Unresolved parts (an enum variant never seen) are left out rather than sent.
-            container.reduce();
-        }
-        self.sig.registry = FunctionSig::encode_registry(&registry);
-        let bytes = postcard::to_allocvec(&self.sig).expect("encoding to a Vec cannot fail");
+        let (formats, registry) = trace_all(&self.tracers);
+        let mut formats = formats.into_iter();
+        let mut next = |rust: &str| {
+            TypeDesc::new(
+                rust,
+                formats.next().unwrap_or_else(|| Err("not traced".into())),
+            )
+        };
+        let params = self
+            .params
+            .iter()
+            .map(|(name, rust)| Param {
+                name: name.clone(),
+                ty: next(rust),
+            })
+            .collect();
+        let result = next(&self.result);
+        let error = self.error.as_deref().map(&mut next);
+        let sig = FunctionSig {
+            name: self.name,
+            params,
+            result,
+            error,
+            registry: FunctionSig::encode_registry(&registry),
+        };
+        let bytes = postcard::to_allocvec(&sig).expect("encoding to a Vec cannot fail");
         host::result(&bytes, &[])
     }
 }

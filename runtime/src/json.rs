@@ -12,10 +12,10 @@ use ferry_abi::abi::CallArg;
 use ferry_abi::manifest::{FunctionSig, TypeDesc};
 use serde::de::DeserializeSeed;
 use serde_json::Value;
-use serde_reflection::Registry;
 use serde_reflection::json_converter::{
     DeserializationContext, EmptyEnvironment, SerializationContext,
 };
+use serde_reflection::{ContainerFormat, Format, Named, Registry, VariantFormat};
 
 /// A JSON value did not fit a function's types.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +77,7 @@ pub enum JsonError {
     },
 }
 
-fn format_of(sig: &FunctionSig, ty: &TypeDesc) -> Result<serde_reflection::Format, JsonError> {
+fn format_of(sig: &FunctionSig, ty: &TypeDesc) -> Result<Format, JsonError> {
     ty.format().map_err(|reason| JsonError::NoFormat {
         function: sig.name.clone(),
         ty: ty.rust.clone(),
@@ -103,6 +103,7 @@ pub fn args_from_json(sig: &FunctionSig, args: &[String]) -> Result<Vec<CallArg>
             source,
         })?;
         let format = format_of(sig, &param.ty)?;
+        let value = unit_variants(value, &format, &registry, Direction::In);
         let bytes = encode(&value, &format, &registry).map_err(|message| JsonError::Mismatch {
             function: sig.name.clone(),
             argument: i + 1,
@@ -118,25 +119,24 @@ pub fn args_from_json(sig: &FunctionSig, args: &[String]) -> Result<Vec<CallArg>
     Ok(out)
 }
 
-fn encode(
-    value: &Value,
-    format: &serde_reflection::Format,
-    registry: &Registry,
-) -> Result<Vec<u8>, String> {
+fn encode(value: &Value, format: &Format, registry: &Registry) -> Result<Vec<u8>, String> {
     let ctx = SerializationContext {
         value,
         format,
         registry,
         environment: &EmptyEnvironment,
     };
-    postcard::to_allocvec(&ctx).map_err(|e| e.to_string())
+    postcard::to_allocvec(&ctx).map_err(|e| {
+        // postcard drops the message of a custom error; the same walk through serde_json's
+        // serializer keeps it (the shape checks are the converter's, not the format's).
+        match serde_json::to_string(&ctx) {
+            Err(detailed) => detailed.to_string(),
+            Ok(_) => e.to_string(),
+        }
+    })
 }
 
-fn decode(
-    bytes: &[u8],
-    format: serde_reflection::Format,
-    registry: &Registry,
-) -> Result<Value, String> {
+fn decode(bytes: &[u8], format: Format, registry: &Registry) -> Result<Value, String> {
     let mut de = postcard::Deserializer::from_bytes(bytes);
     let ctx = DeserializationContext {
         format,
@@ -149,15 +149,135 @@ fn decode(
 /// Decodes a function's result as JSON.
 pub fn result_to_json(sig: &FunctionSig, bytes: &[u8]) -> Result<Value, JsonError> {
     let format = format_of(sig, &sig.result)?;
-    decode(bytes, format, &sig.registry()).map_err(|message| JsonError::Result {
+    let registry = sig.registry();
+    let value = decode(bytes, format.clone(), &registry).map_err(|message| JsonError::Result {
         function: sig.name.clone(),
         ty: sig.result.rust.clone(),
         message,
-    })
+    })?;
+    Ok(unit_variants(value, &format, &registry, Direction::Out))
 }
 
 /// Decodes the cause of a function's `Err` as JSON, if the function has a traced error type.
 pub fn cause_to_json(sig: &FunctionSig, bytes: &[u8]) -> Option<Value> {
     let ty = sig.error.as_ref()?;
-    decode(bytes, ty.format().ok()?, &sig.registry()).ok()
+    let format = ty.format().ok()?;
+    let registry = sig.registry();
+    let value = decode(bytes, format.clone(), &registry).ok()?;
+    Some(unit_variants(value, &format, &registry, Direction::Out))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    /// `"Variant"` becomes the converter's `{"Variant": null}`.
+    In,
+    /// `{"Variant": null}` becomes serde's usual `"Variant"`.
+    Out,
+}
+
+/// Converts unit enum variants between serde_json's spelling (`"Variant"`) and the
+/// converter's (`{"Variant": null}`), everywhere in `value` that `format` says is an enum.
+fn unit_variants(value: Value, format: &Format, registry: &Registry, dir: Direction) -> Value {
+    match (format, value) {
+        (Format::TypeName(name), value) => match registry.get(name) {
+            Some(container) => container_units(value, container, registry, dir),
+            None => value,
+        },
+        (Format::Option(inner), v) if !v.is_null() => unit_variants(v, inner, registry, dir),
+        (Format::Seq(inner), Value::Array(items)) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| unit_variants(v, inner, registry, dir))
+                .collect(),
+        ),
+        (Format::TupleArray { content, .. }, Value::Array(items)) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| unit_variants(v, content, registry, dir))
+                .collect(),
+        ),
+        (Format::Tuple(formats), Value::Array(items)) => Value::Array(
+            items
+                .into_iter()
+                .zip(formats)
+                .map(|(v, f)| unit_variants(v, f, registry, dir))
+                .collect(),
+        ),
+        (Format::Map { value: vf, .. }, Value::Object(map)) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, unit_variants(v, vf, registry, dir)))
+                .collect(),
+        ),
+        (_, v) => v,
+    }
+}
+
+fn container_units(
+    value: Value,
+    container: &ContainerFormat,
+    registry: &Registry,
+    dir: Direction,
+) -> Value {
+    match (container, value) {
+        (ContainerFormat::Enum(variants), value) => match (dir, value) {
+            (Direction::In, Value::String(name)) => {
+                let mut m = serde_json::Map::new();
+                m.insert(name, Value::Null);
+                Value::Object(m)
+            }
+            (_, Value::Object(map)) if map.len() == 1 => {
+                let Some((name, payload)) = map.into_iter().next() else {
+                    return Value::Null;
+                };
+                let Some(variant) = variants.values().find(|v| v.name == name) else {
+                    return Value::Object([(name, payload)].into_iter().collect());
+                };
+                match &variant.value {
+                    VariantFormat::Unit if dir == Direction::Out => Value::String(name),
+                    VariantFormat::NewType(f) => {
+                        let p = unit_variants(payload, f, registry, dir);
+                        Value::Object([(name, p)].into_iter().collect())
+                    }
+                    VariantFormat::Tuple(fs) => {
+                        let p = unit_variants(payload, &Format::Tuple(fs.clone()), registry, dir);
+                        Value::Object([(name, p)].into_iter().collect())
+                    }
+                    VariantFormat::Struct(fields) => {
+                        let p = struct_units(payload, fields, registry, dir);
+                        Value::Object([(name, p)].into_iter().collect())
+                    }
+                    _ => Value::Object([(name, payload)].into_iter().collect()),
+                }
+            }
+            (_, v) => v,
+        },
+        (ContainerFormat::Struct(fields), v) => struct_units(v, fields, registry, dir),
+        (ContainerFormat::NewTypeStruct(f), v) => unit_variants(v, f, registry, dir),
+        (ContainerFormat::TupleStruct(fs), v) => {
+            unit_variants(v, &Format::Tuple(fs.clone()), registry, dir)
+        }
+        (_, v) => v,
+    }
+}
+
+fn struct_units(
+    value: Value,
+    fields: &[Named<Format>],
+    registry: &Registry,
+    dir: Direction,
+) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let v = match fields.iter().find(|f| f.name == k) {
+                        Some(f) => unit_variants(v, &f.value, registry, dir),
+                        None => v,
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        v => v,
+    }
 }

@@ -165,7 +165,9 @@ fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 msg.push_str(&format!(": {cause}"));
             }
-            eprintln!("{msg}");
+            // One line, whatever the causes contain (wasmtime's messages span lines).
+            let line: Vec<&str> = msg.split_whitespace().collect();
+            eprintln!("{}", line.join(" "));
             ExitCode::FAILURE
         }
     }

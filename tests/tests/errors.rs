@@ -205,7 +205,10 @@ async fn nested_calls_outgrowing_the_instance_pool_fail_instead_of_hanging() {
     // The rest of the tree unwinds by itself; then the node serves as before.
     let start = std::time::Instant::now();
     while client.stats().tasks_finished < client.stats().tasks_submitted {
-        assert!(start.elapsed() < Duration::from_secs(120), "the task tree never unwound");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the task tree never unwound"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     still_serving(&client, &module).await;

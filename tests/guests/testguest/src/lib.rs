@@ -199,3 +199,16 @@ pub fn make_bytes(len: u32, fill: u8) -> Vec<u8> {
 pub fn double(x: u64) -> u64 {
     x * 2
 }
+
+#[remote]
+pub fn shapes(n: u32) -> Vec<Shape> {
+    (0..n)
+        .map(|i| match i % 2 {
+            0 => Shape::Empty,
+            _ => Shape::Circle {
+                center: Point { x: 1.0, y: 2.0 },
+                radius: i as f64,
+            },
+        })
+        .collect()
+}
