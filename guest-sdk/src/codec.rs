@@ -23,13 +23,17 @@ fn noop(_: ObjectId) {}
 
 /// Inside a guest the host counts references per task, so handles need no counting; only
 /// serialization is observed, to report the refs an encoded value contains.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 static GUEST_HOOKS: RefHooks = RefHooks {
     retain: noop,
     release: noop,
     serialized: on_serialized,
 };
 
+/// Installs the guest's hooks. Only inside a Wasm guest: in a native build the process may be
+/// a ferry host, whose own hooks count references.
 pub(crate) fn install_hooks() {
+    #[cfg(target_arch = "wasm32")]
     ferry_abi::install_ref_hooks(&GUEST_HOOKS);
 }
 

@@ -62,12 +62,19 @@ impl Client {
     /// cached on disk for the next start.
     pub fn load(&self, wasm: &[u8]) -> Result<ModuleHandle, ModuleError> {
         let inner = self.inner();
-        let prepared = inner.modules.prepare(wasm)?;
-        let node = inner.clone();
-        let loaded = inner.block_on(async move {
-            let (time, mem) = (node.config.time_limit, node.config.memory_limit);
-            node.modules.finish(prepared, time, mem).await
-        })?;
+        let loaded = match inner.modules.get(&crate::wasm::module_id(wasm)) {
+            Some(m) => m,
+            None => {
+                let node = inner.clone();
+                let wasm = wasm.to_vec();
+                inner.block_on(async move {
+                    // Reading the manifest runs the guest, in an instance slot like any call.
+                    let _slot = node.instance_slots.acquire().await;
+                    let (time, mem) = (node.config.time_limit, node.config.memory_limit);
+                    node.modules.load(&wasm, time, mem).await
+                })?
+            }
+        };
         Ok(ModuleHandle {
             client: self.clone(),
             module: loaded,

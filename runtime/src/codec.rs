@@ -66,6 +66,12 @@ static HOST_HOOKS: RefHooks = RefHooks {
 /// Makes refs owned by `node` count against `table`.
 pub fn register_owner(node: NodeId, table: &Arc<ObjectTable>) {
     ferry_abi::install_ref_hooks(&HOST_HOOKS);
+    if !ferry_abi::installed_ref_hooks().is_some_and(|h| std::ptr::eq(h, &HOST_HOOKS)) {
+        tracing::error!(
+            "another set of ObjectRef hooks was installed in this process before ferry's; \
+             reference counting of driver handles will not work"
+        );
+    }
     let mut o = OWNERS.write().unwrap_or_else(|e| e.into_inner());
     o.retain(|(_, t)| t.strong_count() > 0);
     o.push((node.0, Arc::downgrade(table)));

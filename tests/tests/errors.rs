@@ -168,9 +168,24 @@ async fn a_failed_upstream_names_itself_downstream() {
 async fn guests_cannot_read_objects_they_were_not_given() {
     let (_d, client, module) = node_with_guest();
     let secret = client.put(&99i64).unwrap();
-    let r: ObjectRef<i64> = module.call("forge_ref", (secret.id().seq(),)).unwrap();
+    let id = secret.id();
+    let r: ObjectRef<i64> = module.call("forge_ref", (id.owner(), id.seq())).unwrap();
     let err = client.get(&r).await.unwrap_err();
     assert!(err.to_string().contains("not given to this task"), "{err}");
+}
+
+#[tokio::test]
+async fn typed_handles_match_path_spelled_results() {
+    let (_d, client, module) = node_with_guest();
+    let half = module
+        .function(ferry_testguest::checked_half::REMOTE)
+        .unwrap();
+    assert_eq!(client.get(&half.call((8,)).unwrap()).await.unwrap(), 4);
+    let err = client.get(&half.call((3,)).unwrap()).await.unwrap_err();
+    assert_eq!(
+        err.task_error().unwrap().cause::<String>().unwrap(),
+        "3 is odd"
+    );
 }
 
 #[tokio::test]

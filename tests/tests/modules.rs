@@ -16,6 +16,19 @@ fn the_same_bytes_compile_once() {
 }
 
 #[test]
+fn concurrent_loads_of_the_same_bytes_compile_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::embedded_with(test_config(dir.path())).unwrap();
+    let wasm = testguest_wasm();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| client.load(&wasm).unwrap());
+        }
+    });
+    assert_eq!(client.stats().modules.compiled, 1);
+}
+
+#[test]
 fn a_restarted_node_loads_compiled_code_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     {

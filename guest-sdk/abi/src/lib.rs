@@ -25,7 +25,7 @@ mod object_ref;
 
 pub use args::{Arg, ArgSink, IntoArgs, RemoteFn, UntypedArgs};
 pub use ids::{ModuleId, ObjectId, ParseIdError};
-pub use object_ref::{ObjectRef, RefHooks, install_ref_hooks};
+pub use object_ref::{ObjectRef, RefHooks, install_ref_hooks, installed_ref_hooks};
 
 /// What `wait` returns: the refs that are ready and the refs still pending, each in the order
 /// they were given (Ray's `ray.wait`).

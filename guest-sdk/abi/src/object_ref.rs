@@ -140,6 +140,11 @@ pub fn install_ref_hooks(hooks: &'static RefHooks) -> bool {
         .is_ok()
 }
 
+/// The hooks in force, if any were installed.
+pub fn installed_ref_hooks() -> Option<&'static RefHooks> {
+    hooks()
+}
+
 fn hooks() -> Option<&'static RefHooks> {
     let ptr = HOOKS.load(Ordering::Acquire);
     // SAFETY: HOOKS is either null or was set from a `&'static RefHooks` in

@@ -98,13 +98,20 @@ fn expand(func: &ItemFn) -> syn::Result<TokenStream2> {
     };
     let is_result = is_result_type(&ret_ty);
 
+    // Spelled exactly as the host spells the manifest's signature, so the two compare equal.
     let signature = {
         let params: Vec<String> = param_names
             .iter()
             .zip(&param_types)
             .map(|(n, t)| format!("{n}: {}", type_string(t)))
             .collect();
-        format!("({}) -> {}", params.join(", "), type_string(&ret_ty))
+        let ret = if is_result {
+            let (ok, err) = result_arg_strings(&ret_ty);
+            format!("Result<{ok}, {err}>")
+        } else {
+            type_string(&ret_ty)
+        };
+        format!("({}) -> {ret}", params.join(", "))
     };
 
     let shim = format_ident!("__ferry_fn_{}", name);
@@ -188,7 +195,7 @@ fn expand(func: &ItemFn) -> syn::Result<TokenStream2> {
         #[allow(unused_imports, clippy::type_complexity)]
         #vis mod #name {
             use super::*;
-            /// Call it with `client.call(REMOTE, args)` on the host or
+            /// Call it with `module.function(REMOTE)?.call(args)` from a driver or
             /// `ferry_guest::call(REMOTE, args)` in a guest.
             pub const REMOTE: ::ferry_guest::RemoteFn<(#(#param_types,)*), #value_ty> =
                 ::ferry_guest::RemoteFn::new(#name_str, #signature);

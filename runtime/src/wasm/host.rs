@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_abi::abi::{self, CallRequest, status};
@@ -57,6 +58,39 @@ impl Staged {
     }
 }
 
+/// When a guest last resumed running. Shared with the future that yields a guest to the
+/// executor, so that time spent queued behind other tasks is not charged to it.
+#[derive(Debug)]
+pub struct GuestClock {
+    base: Instant,
+    resumed_ns: AtomicU64,
+}
+
+impl GuestClock {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            resumed_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The time since the last resume, restarting the lap.
+    fn lap(&self) -> Duration {
+        let now = self.now_ns();
+        let then = self.resumed_ns.swap(now, Ordering::Relaxed);
+        Duration::from_nanos(now.saturating_sub(then))
+    }
+
+    /// Marks the guest as running from now on.
+    pub fn resume(&self) {
+        self.resumed_ns.store(self.now_ns(), Ordering::Relaxed);
+    }
+}
+
 /// The data of one call's wasmtime store.
 pub struct TaskState {
     /// The node (absent while a module's manifest is read).
@@ -70,7 +104,8 @@ pub struct TaskState {
     /// The time limit on guest execution.
     pub time_limit: Duration,
     time_used: Duration,
-    resumed_at: Instant,
+    /// When the guest last resumed running.
+    pub clock: Arc<GuestClock>,
     /// The guest's memory, once instantiated.
     pub memory: Option<Memory>,
     /// Refs this task may use; each holds one reference count until the task ends.
@@ -102,7 +137,7 @@ impl TaskState {
             },
             time_limit,
             time_used: Duration::ZERO,
-            resumed_at: Instant::now(),
+            clock: Arc::new(GuestClock::new()),
             memory: None,
             granted: HashSet::new(),
             staged: Staged::Empty,
@@ -114,22 +149,18 @@ impl TaskState {
 
     /// Charges the time since the guest last resumed; returns true if over the limit.
     pub fn charge_time(&mut self) -> bool {
-        let now = Instant::now();
-        self.time_used += now - self.resumed_at;
-        self.resumed_at = now;
+        self.time_used += self.clock.lap();
         self.time_used > self.time_limit
     }
 
     /// Stops the clock while the guest waits for the host.
     fn pause_clock(&mut self) {
-        let now = Instant::now();
-        self.time_used += now - self.resumed_at;
-        self.resumed_at = now;
+        self.time_used += self.clock.lap();
     }
 
     /// Restarts the clock when the guest resumes.
     fn resume_clock(&mut self) {
-        self.resumed_at = Instant::now();
+        self.clock.resume();
     }
 
     /// Lets the task use `id`, holding a count on it. Returns false if the object is gone.

@@ -7,5 +7,5 @@ mod module;
 mod task;
 
 pub use engine::WasmEngine;
-pub use module::{LoadedModule, ModuleRegistry, ModuleStats};
+pub use module::{LoadedModule, ModuleRegistry, ModuleStats, module_id};
 pub use task::{TaskSpec, run_task};

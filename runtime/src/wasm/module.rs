@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use ferry_abi::ModuleId;
 use ferry_abi::abi::{self, ABI_SECTION, ABI_VERSION};
@@ -51,7 +51,7 @@ pub struct ModuleRegistry {
     linker: Linker<TaskState>,
     modules: RwLock<HashMap<ModuleId, Arc<LoadedModule>>>,
     /// Serializes loads, so the same bytes loaded twice at once compile once.
-    loading: Mutex<()>,
+    loading: tokio::sync::Mutex<()>,
     cache_dir: Option<PathBuf>,
     compiled: AtomicU64,
     from_disk: AtomicU64,
@@ -78,7 +78,7 @@ impl ModuleRegistry {
             engine,
             linker,
             modules: RwLock::new(HashMap::new()),
-            loading: Mutex::new(()),
+            loading: tokio::sync::Mutex::new(()),
             cache_dir,
             compiled: AtomicU64::new(0),
             from_disk: AtomicU64::new(0),
@@ -103,19 +103,27 @@ impl ModuleRegistry {
         }
     }
 
-    /// Compiles (or finds) the module in `wasm`, without reading its manifest yet. Returns
-    /// `Ok(existing)` if it is already loaded.
-    pub fn prepare(&self, wasm: &[u8]) -> Result<Prepared, ModuleError> {
+    /// Loads the module in `wasm`: finds it if loaded, else compiles it (or reads its
+    /// compiled code from the disk cache) and reads its manifest by calling its signature
+    /// exports in a sandboxed instance with no cluster access. Loads are serialized, so the
+    /// same bytes loaded twice at once compile once.
+    pub async fn load(
+        &self,
+        wasm: &[u8],
+        time_limit: std::time::Duration,
+        memory_limit: u64,
+    ) -> Result<Arc<LoadedModule>, ModuleError> {
         let id = module_id(wasm);
         if let Some(m) = self.get(&id) {
-            return Ok(Prepared::Loaded(m));
+            return Ok(m);
         }
-        let guard = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.loading.lock().await;
         if let Some(m) = self.get(&id) {
-            return Ok(Prepared::Loaded(m));
+            return Ok(m);
         }
         check_abi_section(wasm)?;
-        let module = self.compile(id, wasm)?;
+        // Compiling takes a while; let the runtime move other tasks off this worker.
+        let module = tokio::task::block_in_place(|| self.compile(id, wasm))?;
         for import in module.imports() {
             if import.module() != abi::IMPORT_MODULE || !IMPORTS.contains(&import.name()) {
                 return Err(ModuleError::UnknownImport {
@@ -135,30 +143,12 @@ impl ModuleRegistry {
             .linker
             .instantiate_pre(&module)
             .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
-        drop(guard);
-        Ok(Prepared::New { id, pre })
-    }
-
-    /// Reads the manifest of a prepared module by calling its signature exports, and makes
-    /// it available. Runs guest code, so it is async.
-    pub async fn finish(
-        &self,
-        prepared: Prepared,
-        time_limit: std::time::Duration,
-        memory_limit: u64,
-    ) -> Result<Arc<LoadedModule>, ModuleError> {
-        let (id, pre) = match prepared {
-            Prepared::Loaded(m) => return Ok(m),
-            Prepared::New { id, pre } => (id, pre),
-        };
         let mut loaded = LoadedModule {
             id,
             pre,
             functions: BTreeMap::new(),
         };
-        let sig_names: Vec<String> = loaded
-            .pre
-            .module()
+        let sig_names: Vec<String> = module
             .exports()
             .filter_map(|e| {
                 e.name()
@@ -167,9 +157,7 @@ impl ModuleRegistry {
             })
             .collect();
         for name in sig_names {
-            if loaded
-                .pre
-                .module()
+            if module
                 .get_export(&format!("{}{name}", abi::EXPORT_FN_PREFIX))
                 .is_none()
             {
@@ -182,8 +170,11 @@ impl ModuleRegistry {
             loaded.functions.insert(name, sig);
         }
         let loaded = Arc::new(loaded);
-        let mut modules = self.modules.write().unwrap_or_else(|e| e.into_inner());
-        Ok(modules.entry(id).or_insert(loaded).clone())
+        self.modules
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, loaded.clone());
+        Ok(loaded)
     }
 
     fn cache_path(&self, id: ModuleId) -> Option<PathBuf> {
@@ -225,19 +216,6 @@ impl ModuleRegistry {
         }
         Ok(module)
     }
-}
-
-/// A module compiled but whose manifest is not read yet, or one already loaded.
-pub enum Prepared {
-    /// Already loaded.
-    Loaded(Arc<LoadedModule>),
-    /// Freshly compiled.
-    New {
-        /// Its id.
-        id: ModuleId,
-        /// Pre-linked.
-        pre: InstancePre<TaskState>,
-    },
 }
 
 fn write_cache(path: &Path, module: &Module) -> std::io::Result<()> {

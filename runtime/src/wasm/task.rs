@@ -178,11 +178,19 @@ pub(crate) fn new_store(module: &LoadedModule, state: TaskState) -> Store<TaskSt
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
-        if ctx.data_mut().charge_time() {
-            Err(wasmtime::Error::new(TimeLimitExceeded))
-        } else {
-            Ok(UpdateDeadline::Yield(1))
+        let state = ctx.data_mut();
+        if state.charge_time() {
+            return Err(wasmtime::Error::new(TimeLimitExceeded));
         }
+        // Let other tasks run; the clock restarts when this guest is scheduled again.
+        let clock = state.clock.clone();
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                clock.resume();
+            }),
+        ))
     });
     store
 }

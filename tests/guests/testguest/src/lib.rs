@@ -128,11 +128,21 @@ pub fn call_missing() -> Result<i64, Error> {
     r.get()
 }
 
-/// Reads an object through a ref the task was never given.
+/// Reads an object through a ref the task was never given (its id guessed exactly).
 #[remote]
-pub fn forge_ref(seq: u64) -> Result<i64, Error> {
-    let forged: ObjectRef<i64> = ObjectRef::adopt(ferry_guest::ObjectId::new(1, seq));
+pub fn forge_ref(owner: u64, seq: u64) -> Result<i64, Error> {
+    let forged: ObjectRef<i64> = ObjectRef::adopt(ferry_guest::ObjectId::new(owner, seq));
     forged.get()
+}
+
+/// `Result` spelled with a path, for the typed-handle signature check.
+#[remote]
+pub fn checked_half(x: i64) -> std::result::Result<i64, String> {
+    if x % 2 == 0 {
+        Ok(x / 2)
+    } else {
+        Err(format!("{x} is odd"))
+    }
 }
 
 #[remote]
