@@ -123,13 +123,19 @@ impl Client {
         if let Some(v) = self.try_get_now(id) {
             return v;
         }
-        let node = self.inner().clone();
-        let sealed = self
-            .inner()
-            .handle
-            .spawn(async move { node.objects.wait_ready(id, timeout).await })
-            .await
-            .map_err(|_| GetError::NodeStopped)??;
+        let sealed = match timeout {
+            // Waiting needs no runtime of ours: the caller's task waits on the object itself.
+            None => self.inner().objects.wait_ready(id, None).await?,
+            // A timeout needs a timer; the node's runtime has one whatever the caller runs on.
+            Some(t) => {
+                let node = self.inner().clone();
+                self.inner()
+                    .handle
+                    .spawn(async move { node.objects.wait_ready(id, Some(t)).await })
+                    .await
+                    .map_err(|_| GetError::NodeStopped)??
+            }
+        };
         decode(id, sealed.bytes())
     }
 
