@@ -67,12 +67,14 @@ impl Client {
             None => {
                 let node = inner.clone();
                 let wasm = wasm.to_vec();
-                inner.block_on(async move {
-                    // Reading the manifest runs the guest, in an instance slot like any call.
-                    let _slot = node.instance_slots.acquire().await;
-                    let (time, mem) = (node.config.time_limit, node.config.memory_limit);
-                    node.modules.load(&wasm, time, mem).await
-                })?
+                inner
+                    .block_on(async move {
+                        // Reading the manifest runs the guest, in an instance slot like any call.
+                        let _slot = node.instance_slots.acquire().await;
+                        let (time, mem) = (node.config.time_limit, node.config.memory_limit);
+                        node.modules.load(&wasm, time, mem).await
+                    })
+                    .ok_or(ModuleError::NodeStopped)??
             }
         };
         Ok(ModuleHandle {
@@ -175,7 +177,8 @@ impl Client {
         let node = self.inner().clone();
         let sealed = self
             .inner()
-            .block_on(async move { node.objects.wait_ready(id, timeout).await })?;
+            .block_on(async move { node.objects.wait_ready(id, timeout).await })
+            .ok_or(GetError::NodeStopped)??;
         decode(id, sealed.bytes())
     }
 

@@ -98,6 +98,9 @@ pub enum ModuleError {
         /// What went wrong.
         reason: String,
     },
+    /// The node shut down during the load.
+    #[error("the node shut down")]
+    NodeStopped,
     /// Reading the module file failed.
     #[error("could not read {}: {source}", path.display())]
     Read {

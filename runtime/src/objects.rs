@@ -46,6 +46,35 @@ pub struct TableStats {
     pub failed: u64,
 }
 
+/// A freed entry. Dropping it returns the object's space to the store and wakes anyone
+/// still waiting on it (they will find it gone).
+#[derive(Debug)]
+struct Freed(Entry);
+
+impl Drop for Freed {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.notify.take() {
+            n.notify_waiters();
+        }
+    }
+}
+
+/// Removes one reference from each id, freeing at zero and cascading to the refs a freed
+/// object contained. Freed entries go to `freed`, to be dropped after the lock is released.
+fn release_locked(t: &mut HashMap<ObjectId, Entry>, ids: &[ObjectId], freed: &mut Vec<Freed>) {
+    let mut work: Vec<ObjectId> = ids.to_vec();
+    while let Some(id) = work.pop() {
+        let Some(e) = t.get_mut(&id) else { continue };
+        e.refs = e.refs.saturating_sub(1);
+        if e.refs == 0
+            && let Some(e) = t.remove(&id)
+        {
+            work.extend_from_slice(&e.contained);
+            freed.push(Freed(e));
+        }
+    }
+}
+
 /// The object table of one node.
 #[derive(Debug, Default)]
 pub struct ObjectTable {
@@ -97,13 +126,17 @@ impl ObjectTable {
         );
     }
 
-    /// Records the outcome of the task producing `id` and wakes its waiters. Retains the refs
-    /// a successful result contains. Does nothing if nobody holds `id` any more.
+    /// Records the outcome of the task producing `id` and wakes its waiters, in one step:
+    /// the result retains the refs it contains, the task's own references (`finished_with`,
+    /// plus its count on `id`) are released, and the outcome becomes visible, all under one
+    /// lock. Whoever sees the object complete therefore also sees the task's references gone.
     pub fn complete(
         &self,
         id: ObjectId,
         outcome: Result<(Arc<Sealed>, Vec<ObjectId>), Arc<TaskError>>,
+        finished_with: &[ObjectId],
     ) {
+        let mut freed = Vec::new();
         let notify = {
             let mut t = self.lock();
             let contained = match &outcome {
@@ -115,19 +148,26 @@ impl ObjectTable {
                     e.refs += 1;
                 }
             }
-            let Some(e) = t.get_mut(&id) else {
-                drop(t);
+            release_locked(&mut t, finished_with, &mut freed);
+            let notify = match t.get_mut(&id) {
+                Some(e) => {
+                    e.state = match outcome {
+                        Ok((bytes, _)) => ObjectState::Ready(bytes),
+                        Err(err) => ObjectState::Failed(err),
+                    };
+                    e.contained = contained;
+                    e.notify.take()
+                }
                 // Nobody wanted the result: give back what it would have held.
-                self.release_all(&contained);
-                return;
+                None => {
+                    release_locked(&mut t, &contained, &mut freed);
+                    None
+                }
             };
-            e.state = match outcome {
-                Ok((bytes, _)) => ObjectState::Ready(bytes),
-                Err(err) => ObjectState::Failed(err),
-            };
-            e.contained = contained;
-            e.notify.take()
+            release_locked(&mut t, &[id], &mut freed);
+            notify
         };
+        drop(freed);
         if let Some(n) = notify {
             n.notify_waiters();
         }
@@ -156,26 +196,9 @@ impl ObjectTable {
             return;
         }
         let mut freed = Vec::new();
-        {
-            let mut t = self.lock();
-            let mut work: Vec<ObjectId> = ids.to_vec();
-            while let Some(id) = work.pop() {
-                let Some(e) = t.get_mut(&id) else { continue };
-                e.refs = e.refs.saturating_sub(1);
-                if e.refs == 0
-                    && let Some(e) = t.remove(&id)
-                {
-                    work.extend_from_slice(&e.contained);
-                    freed.push(e);
-                }
-            }
-        }
+        release_locked(&mut self.lock(), ids, &mut freed);
         // Dropping entries returns their space to the store; do it outside the table lock.
-        for e in freed {
-            if let Some(n) = e.notify {
-                n.notify_waiters();
-            }
-        }
+        drop(freed);
     }
 
     /// The object's current state, or `None` if it does not exist.

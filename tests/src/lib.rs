@@ -36,3 +36,21 @@ pub fn node_with_guest() -> (tempfile::TempDir, ferry::Client, ferry::ModuleHand
     let module = client.load(&testguest_wasm()).expect("test guest loads");
     (dir, client, module)
 }
+
+/// Waits until every task submitted to `client`'s node has finished, then returns the node's
+/// live object count and store bytes in use. The bound only stops a hang; it is not a timing
+/// assertion.
+pub fn settle(client: &ferry::Client) -> (u64, u64) {
+    let start = std::time::Instant::now();
+    loop {
+        let s = client.stats();
+        if s.tasks_finished == s.tasks_submitted && s.objects.pending == 0 {
+            return (s.objects.objects, s.store.used);
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "tasks never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

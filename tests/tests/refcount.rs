@@ -1,28 +1,9 @@
 //! Local reference counting: an object is freed when the last reference to it is gone
 //! (driver handles, refs inside other objects, refs held by pending tasks and running guests).
 
-use std::time::{Duration, Instant};
-
-use ferry::{Client, ObjectRef};
+use ferry::ObjectRef;
 use ferry_testguest::Bundle;
-use ferry_tests::node_with_guest;
-
-/// Waits (without a timing assertion: the bound only stops a hang) until every submitted
-/// task has finished, then returns the node's object count and store bytes in use.
-fn settle(client: &Client) -> (u64, u64) {
-    let start = Instant::now();
-    loop {
-        let s = client.stats();
-        if s.tasks_finished == s.tasks_submitted && s.objects.pending == 0 {
-            return (s.objects.objects, s.store.used);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "tasks never finished"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use ferry_tests::{node_with_guest, settle};
 
 #[tokio::test]
 async fn dropping_the_last_handle_frees_the_object() {

@@ -6,6 +6,8 @@
 //! // build.rs
 //! let wasm = ferry_guest_build::Guest::new("../my-guest").build().unwrap();
 //! println!("cargo:rustc-env=MY_GUEST_WASM={}", wasm.display());
+//! // or, for several guests at once:
+//! ferry_guest_build::build_and_export(&[("MY_GUEST_WASM", "../my-guest")], &[]);
 //! ```
 //!
 //! and then `include_bytes!(env!("MY_GUEST_WASM"))` or reads the file. The guest is built with
@@ -178,6 +180,21 @@ impl Guest {
             Ok(wasm)
         } else {
             Err(BuildError::NoArtifact(wasm))
+        }
+    }
+}
+
+/// Builds each `(ENV_VAR, guest_dir)` guest, watching `watch` as well, and exports each
+/// artefact's path to the crate as `ENV_VAR` (read it with `env!`). For a build script; a
+/// guest that does not build stops the build with the reason.
+pub fn build_and_export(guests: &[(&str, &str)], watch: &[&str]) {
+    for (env, dir) in guests {
+        let guest = watch
+            .iter()
+            .fold(Guest::new(dir), |guest, path| guest.watch(path));
+        match guest.build() {
+            Ok(path) => println!("cargo:rustc-env={env}={}", path.display()),
+            Err(e) => panic!("building guest {dir}: {e}"),
         }
     }
 }

@@ -64,13 +64,11 @@ pub async fn run_task(node: Arc<NodeInner>, spec: TaskSpec) {
             Err(Arc::new(err))
         }
     };
-    // Record the result (which retains the refs it contains) before the guest's grants go,
-    // so that objects the guest made and returned survive the end of the task.
-    node.objects.complete(spec.result, outcome);
-    node.objects.release_all(&granted);
-    // The task's own holds: its argument refs and its count on the result.
-    node.objects.release_all(&spec.held_refs());
-    node.objects.release(spec.result);
+    // The result retains the refs it contains before the guest's grants, the task's argument
+    // refs and its count on the result go (so objects the guest made and returned survive),
+    // and the outcome becomes visible in the same step.
+    granted.extend(spec.held_refs());
+    node.objects.complete(spec.result, outcome, &granted);
 }
 
 type Outcome = Result<(Arc<Sealed>, Vec<ObjectId>), TaskErrorKind>;
