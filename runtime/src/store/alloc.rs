@@ -158,6 +158,40 @@ mod tests {
         assert_eq!(size, 8192);
     }
 
+    proptest::proptest! {
+        /// Any sequence of allocations and frees keeps blocks disjoint, aligned and inside
+        /// the capacity, accounts every byte, and coalesces back to one free extent.
+        #[test]
+        fn random_alloc_free_keeps_the_invariants(
+            ops in proptest::collection::vec((0u64..20_000, proptest::bool::ANY), 1..200)
+        ) {
+            let cap = 256 * 1024;
+            let mut a = Allocator::new(cap);
+            let mut live: Vec<(u64, u64)> = Vec::new();
+            for (len, free) in ops {
+                if free && !live.is_empty() {
+                    let (o, s) = live.swap_remove(len as usize % live.len());
+                    a.free(o, s);
+                } else if let Some((o, s)) = a.allocate(len) {
+                    let (size, align) = Allocator::footprint(len).unwrap();
+                    proptest::prop_assert_eq!(s, size);
+                    proptest::prop_assert_eq!(o % align, 0);
+                    proptest::prop_assert!(o + s <= cap);
+                    for &(lo, ls) in &live {
+                        proptest::prop_assert!(o + s <= lo || lo + ls <= o, "overlap");
+                    }
+                    live.push((o, s));
+                }
+                proptest::prop_assert_eq!(a.used(), live.iter().map(|b| b.1).sum::<u64>());
+            }
+            for (o, s) in live.drain(..) {
+                a.free(o, s);
+            }
+            proptest::prop_assert_eq!(a.used(), 0);
+            proptest::prop_assert_eq!(a.largest_free(), cap);
+        }
+    }
+
     #[test]
     fn exact_accounting_until_full() {
         let mut a = Allocator::new(64 * 1024);
