@@ -341,9 +341,23 @@ impl ModuleHandle {
         self.submit(function, sink)
     }
 
-    /// Calls `function` with arguments already encoded (postcard) — used by the CLI. Refs in
-    /// `args` must each carry a count the call takes over (arguments from JSON have none).
+    /// Calls `function` with arguments already encoded (postcard), as the CLI does with
+    /// arguments converted from JSON. The call takes references of its own on any ids in
+    /// `args`.
     pub fn call_encoded<R>(
+        &self,
+        function: &str,
+        args: Vec<CallArg>,
+    ) -> Result<ObjectRef<R>, CallError> {
+        let objects = &self.client.inner().objects;
+        for id in crate::wasm::TaskSpec::refs_of(&args) {
+            objects.retain(id);
+        }
+        self.submit_owned(function, args)
+    }
+
+    /// Submits arguments whose refs already carry one count each, which the call takes over.
+    fn submit_owned<R>(
         &self,
         function: &str,
         args: Vec<CallArg>,
@@ -365,7 +379,7 @@ impl ModuleHandle {
                 source,
             });
         }
-        self.call_encoded(function, sink.args)
+        self.submit_owned(function, sink.args)
     }
 
     /// The client this module was loaded through.

@@ -1,6 +1,7 @@
 //! Errors, one enum per boundary. Every variant says what a person can do about it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_abi::{ModuleId, ObjectId};
@@ -171,13 +172,19 @@ pub enum TaskErrorKind {
         /// Which argument, its expected type, and the decoder's message.
         detail: String,
     },
-    /// A top-level argument is the result of a task that failed.
-    #[error("could not run: argument {argument} comes from a failed task: {upstream}")]
+    /// A top-level argument is the result of a task that failed. Only the first failure of a
+    /// chain is kept (shared, not copied), so long chains cost nothing per step.
+    #[error(
+        "could not run: argument {argument} comes from failed task `{upstream_function}`; the \
+         first failure: {root}"
+    )]
     UpstreamFailed {
         /// The argument's position (1-based).
         argument: usize,
-        /// The upstream failure.
-        upstream: Box<TaskError>,
+        /// The function whose result the argument was.
+        upstream_function: String,
+        /// The failure that started the chain.
+        root: Arc<TaskError>,
     },
     /// An argument object no longer exists.
     #[error("could not run: argument {argument} (object {id}) no longer exists")]
@@ -215,7 +222,7 @@ impl TaskError {
     /// The first failure in a chain of upstream failures.
     pub fn root(&self) -> &TaskError {
         match &self.kind {
-            TaskErrorKind::UpstreamFailed { upstream, .. } => upstream.root(),
+            TaskErrorKind::UpstreamFailed { root, .. } => root,
             _ => self,
         }
     }

@@ -35,7 +35,8 @@ struct RunArgs {
     module: PathBuf,
     /// The function to call.
     function: String,
-    /// The arguments, one JSON value each.
+    /// The arguments, one JSON value each (negative numbers are fine: `-1`).
+    #[arg(allow_negative_numbers = true)]
     args: Vec<String>,
     /// Print the result indented.
     #[arg(long)]
@@ -76,9 +77,9 @@ struct NodeArgs {
     /// Memory limit of a guest instance (bytes; K, M, G suffixes allowed).
     #[arg(long, value_parser = parse_size, default_value = "1G")]
     memory_limit: u64,
-    /// Threads running guest code [default: number of cores].
-    #[arg(long)]
-    workers: Option<usize>,
+    /// Threads running guest code, 1 to 1024 [default: number of cores].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
 }
 
 impl NodeArgs {
@@ -98,7 +99,7 @@ impl NodeArgs {
             c.cache_dir = Some(d.clone());
         }
         if let Some(w) = self.workers {
-            c.workers = w;
+            c.workers = usize::from(w);
         }
         c
     }

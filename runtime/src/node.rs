@@ -213,7 +213,7 @@ impl Node {
         let modules = ModuleRegistry::new(engine.clone(), config.cache_dir.clone())
             .map_err(|e| NodeError::Engine(format!("{e:#}")))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.workers.max(1))
+            .worker_threads(config.workers.clamp(1, 1024))
             .thread_name("ferry-worker")
             .enable_all()
             .build()

@@ -52,6 +52,7 @@ fn error_line(o: &Output) -> String {
 #[test]
 fn run_converts_json_to_and_from_the_functions_types() {
     assert_eq!(stdout(&run(&["add", "40", "2"])), "42");
+    assert_eq!(stdout(&run(&["add", "-1", "-2"])), "-3");
     assert_eq!(
         stdout(&run(&["greet", "\"ada\"", "2"])),
         r#"["hello ada #0","hello ada #1"]"#

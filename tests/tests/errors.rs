@@ -165,6 +165,27 @@ async fn a_failed_upstream_names_itself_downstream() {
 }
 
 #[tokio::test]
+async fn a_long_chain_of_failures_stays_small() {
+    let (_d, client, module) = node_with_guest();
+    let divide = module.function(ferry_testguest::divide::REMOTE).unwrap();
+    let echo = module.function(ferry_testguest::echo::REMOTE).unwrap();
+    let mut r = divide.call((5, 0)).unwrap();
+    for _ in 0..2000 {
+        r = echo.call((r,)).unwrap();
+    }
+    let err = client.get(&r).await.unwrap_err();
+    let task = err.task_error().unwrap();
+    assert_eq!(task.function, "echo");
+    assert_eq!(task.root().function, "divide");
+    assert_eq!(
+        task.cause::<MathError>(),
+        Some(MathError::DivideByZero { numerator: 5 })
+    );
+    // One step of the chain, then the root: the message does not grow with the chain.
+    assert!(err.to_string().len() < 400, "{err}");
+}
+
+#[tokio::test]
 async fn guests_cannot_read_objects_they_were_not_given() {
     let (_d, client, module) = node_with_guest();
     let secret = client.put(&99i64).unwrap();

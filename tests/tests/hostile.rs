@@ -2,6 +2,8 @@
 //! garbage messages, ids it was never given, a missing result, a shim of the wrong type. Each
 //! becomes a task error; the node never panics and keeps serving.
 
+use std::time::Duration;
+
 use ferry::{Client, FunctionSig, ObjectRef, TaskErrorKind, TypeDesc};
 use ferry_tests::{test_config, testguest_wasm};
 
@@ -23,9 +25,77 @@ fn wat_bytes(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("\\{b:02x}")).collect()
 }
 
-/// A module with functions `evil`, `silent` and `badsig`.
+/// The hand-written functions: name and body (the shim's locals are its two parameters).
+const FUNCTIONS: &[(&str, &str)] = &[
+    // Each bad host call's status goes to one byte at 8192; the bytes are the result.
+    (
+        "evil",
+        r#"
+    ;; an id and a destination outside the 64 KiB memory
+    (i32.store8 (i32.const 8192) (i32.wrap_i64 (call $get (i32.const -16) (i64.const -1))))
+    (i32.store8 (i32.const 8193) (i32.wrap_i64 (call $take (i32.const -1) (i32.const 100))))
+    ;; a value outside memory, then an out-pointer outside memory
+    (i32.store8 (i32.const 8194)
+      (call $put (i32.const -100) (i32.const 1000) (i32.const 0) (i32.const 0) (i32.const 0)))
+    (i32.store8 (i32.const 8195)
+      (call $put (i32.const 0) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const -3)))
+    ;; an id it was never given, read and then put inside a value
+    (i32.store8 (i32.const 8196) (i32.wrap_i64 (call $get (i32.const 4096) (i64.const 0))))
+    (i32.store8 (i32.const 8197)
+      (call $put (i32.const 0) (i32.const 4) (i32.const 4096) (i32.const 1) (i32.const 0)))
+    ;; a call request that is not one, and a wait on two billion ids
+    (i32.store8 (i32.const 8198) (call $call (i32.const 4096) (i32.const 16) (i32.const 0)))
+    (i32.store8 (i32.const 8199)
+      (call $wait (i32.const 0) (i32.const 2000000000) (i32.const 1) (i64.const 0) (i32.const 0)))
+    (call $log (i32.const 3) (i32.const -5) (i32.const 99999))
+    (drop (call $result (i32.const 8192) (i32.const 8) (i32.const 0) (i32.const 0)))
+    (i32.const 0)"#,
+    ),
+    // An unknown failure kind whose message and cause lie outside memory.
+    (
+        "evil_fail",
+        r#"
+    (drop (call $fail (i32.const 99) (i32.const -1) (i32.const 50) (i32.const -1) (i32.const 50)))
+    (i32.const 1)"#,
+    ),
+    // A result claiming to contain an object the task was never given.
+    (
+        "liar",
+        r#"
+    (drop (call $result (i32.const 0) (i32.const 16) (i32.const 4096) (i32.const 1)))
+    (i32.const 0)"#,
+    ),
+    // Returns success without a result.
+    ("silent", "(i32.const 0)"),
+];
+
 fn hostile_module() -> Vec<u8> {
-    let (evil, silent, badsig) = (sig("evil"), sig("silent"), sig("badsig"));
+    let mut data = String::new();
+    let mut funcs = String::new();
+    let mut offset = 16384;
+    let all = FUNCTIONS.iter().map(|(n, _)| *n).chain(["badsig"]);
+    for name in all {
+        let sig = sig(name);
+        data.push_str(&format!(
+            "  (data (i32.const {offset}) \"{}\")\n",
+            wat_bytes(&sig)
+        ));
+        funcs.push_str(&format!(
+            "  (func (export \"__ferry_sig_{name}\") (result i32)\n    \
+             (call $result (i32.const {offset}) (i32.const {}) (i32.const 0) (i32.const 0)))\n",
+            sig.len()
+        ));
+        offset += 1024;
+    }
+    for (name, body) in FUNCTIONS {
+        funcs.push_str(&format!(
+            "  (func (export \"__ferry_fn_{name}\") (param i32 i32) (result i32){body})\n"
+        ));
+    }
+    // A shim of the wrong type.
+    funcs.push_str(
+        "  (func (export \"__ferry_fn_badsig\") (param i64) (result i64) (i64.const 0))\n",
+    );
     let text = format!(
         r#"(module
   (@custom "ferry_abi" "\01\00\00\00")
@@ -38,78 +108,67 @@ fn hostile_module() -> Vec<u8> {
   (import "ferry" "fail" (func $fail (param i32 i32 i32 i32 i32) (result i32)))
   (import "ferry" "log" (func $log (param i32 i32 i32)))
   (memory (export "memory") 1)
-  (data (i32.const 1024) "{evil}")
-  (data (i32.const 2048) "{silent}")
-  (data (i32.const 3072) "{badsig}")
   (data (i32.const 4096) "\ff\ff\ff\ff\ff\ff\ff\ff\ff\ff\ff\ff\ff\ff\ff\ff")
-  (func (export "__ferry_alloc") (param i32 i32) (result i32) (i32.const 8192))
-  (func (export "__ferry_sig_evil") (result i32)
-    (call $result (i32.const 1024) (i32.const {evil_len}) (i32.const 0) (i32.const 0)))
-  (func (export "__ferry_sig_silent") (result i32)
-    (call $result (i32.const 2048) (i32.const {silent_len}) (i32.const 0) (i32.const 0)))
-  (func (export "__ferry_sig_badsig") (result i32)
-    (call $result (i32.const 3072) (i32.const {badsig_len}) (i32.const 0) (i32.const 0)))
-  (func (export "__ferry_fn_evil") (param i32 i32) (result i32)
-    ;; ids and buffers far outside the 64 KiB memory
-    (drop (call $get (i32.const -16) (i64.const -1)))
-    (drop (call $take (i32.const -1) (i32.const 100)))
-    (drop (call $put (i32.const -100) (i32.const 1000) (i32.const 0) (i32.const 0) (i32.const 0)))
-    (drop (call $put (i32.const 0) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const -3)))
-    ;; an id it was never given, inside its memory
-    (drop (call $get (i32.const 4096) (i64.const 0)))
-    (drop (call $put (i32.const 0) (i32.const 4) (i32.const 4096) (i32.const 1) (i32.const 0)))
-    ;; a call request that is not one, and a huge id list
-    (drop (call $call (i32.const 4096) (i32.const 16) (i32.const 0)))
-    (drop (call $wait (i32.const 0) (i32.const 2000000000) (i32.const 1) (i64.const 0) (i32.const 0)))
-    (drop (call $result (i32.const 0) (i32.const -1) (i32.const 0) (i32.const 0)))
-    (call $log (i32.const 3) (i32.const -5) (i32.const 99999))
-    ;; an unknown failure kind whose message lies outside memory
-    (drop (call $fail (i32.const 99) (i32.const -1) (i32.const 50) (i32.const -1) (i32.const 50)))
-    (i32.const 1))
-  (func (export "__ferry_fn_silent") (param i32 i32) (result i32) (i32.const 0))
-  (func (export "__ferry_fn_badsig") (param i64) (result i64) (i64.const 0))
-)"#,
-        evil = wat_bytes(&evil),
-        silent = wat_bytes(&silent),
-        badsig = wat_bytes(&badsig),
-        evil_len = evil.len(),
-        silent_len = silent.len(),
-        badsig_len = badsig.len(),
+{data}  (func (export "__ferry_alloc") (param i32 i32) (result i32) (i32.const 32768))
+{funcs})"#
     );
     wat::parse_str(text).unwrap()
 }
 
 #[tokio::test]
-async fn abi_violations_are_task_errors_not_crashes() {
+async fn abi_violations_are_refused_one_by_one_and_the_node_keeps_serving() {
+    use ferry::GetError;
+    let limit = Duration::from_secs(60);
     let dir = tempfile::tempdir().unwrap();
     let client = Client::embedded_with(test_config(dir.path())).unwrap();
     let module = client.load(&hostile_module()).unwrap();
 
-    let r: ObjectRef<()> = module.call("evil", ()).unwrap();
-    let err = client.get(&r).await.unwrap_err();
-    match &err.task_error().unwrap().kind {
-        TaskErrorKind::Failed { message, .. } => {
-            assert!(message.contains("out of bounds"), "{message}")
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    // Every bad host call got the status it deserved (statuses are negative i32s; the guest
+    // kept their low bytes).
+    let r: ObjectRef<[u8; 8]> = module.call("evil", ()).unwrap();
+    let statuses = client.get_timeout(&r, limit).await.unwrap();
+    let (bad, invalid) = ((-4i32) as u8, (-3i32) as u8);
+    assert_eq!(
+        statuses,
+        [bad, bad, bad, bad, invalid, invalid, bad, bad],
+        "get, take, put, put(out), get(not given), put(ref not given), call, wait"
+    );
+
+    let kind = |err: &GetError| err.task_error().map(|t| t.kind.clone());
+    let r: ObjectRef<()> = module.call("evil_fail", ()).unwrap();
+    let err = client.get_timeout(&r, limit).await.unwrap_err();
+    assert!(
+        matches!(kind(&err), Some(TaskErrorKind::Failed { ref message, .. }) if message.contains("out of bounds")),
+        "{err}"
+    );
+
+    let r: ObjectRef<()> = module.call("liar", ()).unwrap();
+    let err = client.get_timeout(&r, limit).await.unwrap_err();
+    assert!(
+        matches!(kind(&err), Some(TaskErrorKind::Host { .. })),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("was not given to this task"),
+        "{err}"
+    );
 
     let r: ObjectRef<()> = module.call("silent", ()).unwrap();
-    let err = client.get(&r).await.unwrap_err();
+    let err = client.get_timeout(&r, limit).await.unwrap_err();
     assert!(
-        matches!(err.task_error().unwrap().kind, TaskErrorKind::Abi { .. }),
+        matches!(kind(&err), Some(TaskErrorKind::Abi { .. })),
         "{err}"
     );
 
     let r: ObjectRef<()> = module.call("badsig", ()).unwrap();
-    let err = client.get(&r).await.unwrap_err();
+    let err = client.get_timeout(&r, limit).await.unwrap_err();
     assert!(
-        matches!(err.task_error().unwrap().kind, TaskErrorKind::Host { .. }),
+        matches!(kind(&err), Some(TaskErrorKind::Host { .. })),
         "{err}"
     );
 
     // The node still serves ordinary guests.
     let good = client.load(&testguest_wasm()).unwrap();
     let r: ObjectRef<i64> = good.call("add", (1i64, 2i64)).unwrap();
-    assert_eq!(client.get(&r).await.unwrap(), 3);
+    assert_eq!(client.get_timeout(&r, limit).await.unwrap(), 3);
 }

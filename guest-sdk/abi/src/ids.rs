@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// Embedding the owner is Ray's ownership design: whoever holds an id knows whom to ask about
 /// the object's location and lifetime without a central directory.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[repr(transparent)]
 pub struct ObjectId(pub [u8; 16]);
 
 impl ObjectId {

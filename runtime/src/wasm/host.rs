@@ -15,12 +15,16 @@ use wasmtime::{Caller, Linker, Memory};
 
 use crate::error::GetError;
 use crate::node::NodeInner;
-use crate::objects::ObjectTable;
+use crate::objects::{ObjectState, ObjectTable};
 use crate::store::Sealed;
 use crate::wasm::engine::MemoryLimiter;
 
 /// Longest message (panic, error, log line) kept from a guest.
 const MAX_MESSAGE: usize = 64 * 1024;
+/// Most ids one `wait` may name (each completion on the node re-checks them).
+const MAX_WAIT_IDS: u32 = 100_000;
+/// Largest encoded error value (`cause`) kept from a guest.
+const MAX_CAUSE: usize = 1 << 20;
 
 /// What a guest reported through `fail`.
 #[derive(Debug, Clone)]
@@ -186,6 +190,18 @@ impl TaskState {
         code
     }
 
+    /// Fails the task because `result` refused the result: the staged message becomes the
+    /// task's error, whatever the guest does next.
+    fn refuse_result(&mut self, code: i32) -> i32 {
+        let message = String::from_utf8_lossy(self.staged.bytes()).into_owned();
+        self.failure.get_or_insert(GuestFailure {
+            kind: HOST_FAILURE,
+            message: format!("the result was refused: {message}"),
+            cause: Vec::new(),
+        });
+        code
+    }
+
     fn check_granted(&mut self, ids: &[ObjectId]) -> Result<(), i32> {
         match ids.iter().find(|id| !self.granted.contains(id)) {
             None => Ok(()),
@@ -336,7 +352,9 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                 }
                 st.pause_clock();
                 let outcome = {
-                    let _waiting = node.guest_waiting();
+                    // Only a guest that will really block counts towards a stalled pool.
+                    let pending = matches!(node.objects.state(id), Some(ObjectState::Pending));
+                    let _waiting = pending.then(|| node.guest_waiting());
                     node.objects.wait_ready(id, timeout(timeout_ms)).await
                 };
                 let st = caller.data_mut();
@@ -450,6 +468,12 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                 let mem = try_status!(memory(&mut caller));
                 let (mem_data, st) = mem.data_and_store_mut(&mut caller);
                 let node = try_status!(node_of(st));
+                if count as u32 > MAX_WAIT_IDS {
+                    return Ok(st.refuse(
+                        status::BAD_REQUEST,
+                        format!("wait takes at most {MAX_WAIT_IDS} ids"),
+                    ));
+                }
                 let Some(ids) = guest_ids(mem_data, ids_ptr, count) else {
                     return Ok(out_of_bounds(st, "the id list"));
                 };
@@ -487,24 +511,23 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                 return Ok(st.refuse(status::BAD_REQUEST, "the result was already set".into()));
             }
             let Some(ids) = guest_ids(mem_data, refs, nrefs) else {
-                return Ok(out_of_bounds(st, "the ref list"));
+                let code = out_of_bounds(st, "the result's ref list");
+                return Ok(st.refuse_result(code));
             };
-            try_status!(st.check_granted(&ids));
+            if let Err(code) = st.check_granted(&ids) {
+                return Ok(st.refuse_result(code));
+            }
             let Some(bytes) = guest_bytes(mem_data, data, len) else {
-                return Ok(out_of_bounds(st, "the result"));
+                let code = out_of_bounds(st, "the result");
+                return Ok(st.refuse_result(code));
             };
             match &st.node {
                 None => st.raw_result = Some(bytes.to_vec()),
                 Some(node) => match node.store.put_bytes(bytes) {
                     Ok(sealed) => st.result = Some((sealed, ids)),
                     Err(e) => {
-                        // The task fails with the host's reason, whatever the guest does next.
-                        st.failure.get_or_insert(GuestFailure {
-                            kind: HOST_FAILURE,
-                            message: format!("could not store the result: {e}"),
-                            cause: Vec::new(),
-                        });
-                        return Ok(st.refuse(status::STORE_FULL, e.to_string()));
+                        let code = st.refuse(status::STORE_FULL, e.to_string());
+                        return Ok(st.refuse_result(code));
                     }
                 },
             }
@@ -524,11 +547,19 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
          -> wasmtime::Result<i32> {
             let mem = try_status!(memory(&mut caller));
             let (mem_data, st) = mem.data_and_store_mut(&mut caller);
-            let message = guest_string(mem_data, msg, msg_len)
+            let mut message = guest_string(mem_data, msg, msg_len)
                 .unwrap_or_else(|| "<the guest's message was out of bounds>".into());
-            let cause = guest_bytes(mem_data, cause, cause_len)
-                .map(<[u8]>::to_vec)
-                .unwrap_or_default();
+            let cause = match guest_bytes(mem_data, cause, cause_len) {
+                Some(c) if c.len() <= MAX_CAUSE => c.to_vec(),
+                Some(c) => {
+                    message.push_str(&format!(
+                        " (its {}-byte error value was dropped: larger than {MAX_CAUSE} bytes)",
+                        c.len()
+                    ));
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
             if st.failure.is_none() {
                 st.failure = Some(GuestFailure {
                     kind,

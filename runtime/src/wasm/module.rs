@@ -186,14 +186,15 @@ impl ModuleRegistry {
     fn compile(&self, id: ModuleId, wasm: &[u8]) -> Result<Module, ModuleError> {
         let engine = self.engine.engine();
         if let Some(path) = self.cache_path(id)
-            && path.is_file()
+            && let Some(bytes) = read_private(&path)
         {
-            // SAFETY: the file is a `Module::serialize` artefact that this code wrote (atomically,
-            // by rename) into the node's private cache directory, named by the hash of the Wasm
-            // bytes and the engine's fingerprint; wasmtime checks its header, version and engine
-            // settings before using it. The cache directory must be writable only by the node's
-            // user (it is created with mode 0700), as for any compiled-code cache.
-            match unsafe { Module::deserialize_file(engine, &path) } {
+            // SAFETY: `read_private` returned the bytes of a regular file (not a link) owned by
+            // this user, writable by no one else, in a directory with the same properties: a
+            // `Module::serialize` artefact this code wrote (atomically, by rename), named by the
+            // hash of the Wasm bytes and the engine's fingerprint. The bytes were copied into
+            // memory, so the file changing later cannot affect them, and wasmtime checks their
+            // header, version and engine settings before using them.
+            match unsafe { Module::deserialize(engine, &bytes) } {
                 Ok(m) => {
                     self.from_disk.fetch_add(1, Ordering::Relaxed);
                     return Ok(m);
@@ -218,6 +219,44 @@ impl ModuleRegistry {
     }
 }
 
+/// Whether `meta` belongs to this user and no one else can write to it.
+fn is_private(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    meta.uid() == me && meta.mode() & 0o022 == 0
+}
+
+/// The contents of a cached artefact, if it and its directory are private to this user (so
+/// no one else could have planted native code there). Links are not followed.
+fn read_private(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent()?;
+    let dir_meta = std::fs::symlink_metadata(dir).ok()?;
+    if !dir_meta.is_dir() || !is_private(&dir_meta) {
+        tracing::warn!(
+            "not using the module cache in {}: it must be a directory owned by this user and \
+             writable by no one else",
+            dir.display()
+        );
+        return None;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || !is_private(&meta) {
+        tracing::warn!("not using {}: not a private regular file", path.display());
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
 fn write_cache(path: &Path, module: &Module) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     if !dir.exists() {
@@ -225,6 +264,12 @@ fn write_cache(path: &Path, module: &Module) -> std::io::Result<()> {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+    }
+    let dir_meta = std::fs::symlink_metadata(dir)?;
+    if !dir_meta.is_dir() || !is_private(&dir_meta) {
+        return Err(std::io::Error::other(
+            "the cache directory must be owned by this user and writable by no one else",
+        ));
     }
     let bytes = module
         .serialize()

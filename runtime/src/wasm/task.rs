@@ -50,8 +50,16 @@ impl TaskSpec {
 
 /// Runs `spec` on `node` to completion and records the outcome in the object table.
 pub async fn run_task(node: Arc<NodeInner>, spec: TaskSpec) {
+    // If this future is dropped before it finishes (the node shuts down, or something
+    // panicked), the guard still completes the result, so nobody waits on it forever.
+    let mut guard = Completion {
+        node: &node,
+        spec: &spec,
+        done: false,
+    };
     let mut granted = Vec::new();
-    let outcome = execute(&node, &spec, &mut granted).await;
+    let mut slot = None;
+    let outcome = execute(&node, &spec, &mut granted, &mut slot).await;
     let outcome = match outcome {
         Ok(r) => Ok(r),
         Err(kind) => {
@@ -69,13 +77,48 @@ pub async fn run_task(node: Arc<NodeInner>, spec: TaskSpec) {
     // and the outcome becomes visible in the same step.
     granted.extend(spec.held_refs());
     node.objects.complete(spec.result, outcome, &granted);
+    guard.done = true;
+    // The instance slot is given back only now, so a parent woken by this result is never
+    // counted as stuck while its child's slot changes hands.
+    drop(slot);
+}
+
+/// Completes a task's result with an error if the task never got to complete it.
+struct Completion<'a> {
+    node: &'a NodeInner,
+    spec: &'a TaskSpec,
+    done: bool,
+}
+
+impl Drop for Completion<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let err = TaskError {
+            function: self.spec.function.clone(),
+            node: self.node.id,
+            kind: TaskErrorKind::Host {
+                detail: "the task was abandoned before it finished (the node is shutting down)"
+                    .into(),
+            },
+        };
+        self.node
+            .objects
+            .complete(self.spec.result, Err(Arc::new(err)), &self.spec.held_refs());
+    }
 }
 
 type Outcome = Result<(Arc<Sealed>, Vec<ObjectId>), TaskErrorKind>;
 
-/// Runs the task; `granted` receives the refs the guest held, for the caller to release once
-/// the outcome is recorded.
-async fn execute(node: &Arc<NodeInner>, spec: &TaskSpec, granted: &mut Vec<ObjectId>) -> Outcome {
+/// Runs the task; `granted` receives the refs the guest held and `slot` the instance slot,
+/// for the caller to release once the outcome is recorded.
+async fn execute<'a>(
+    node: &'a Arc<NodeInner>,
+    spec: &TaskSpec,
+    granted: &mut Vec<ObjectId>,
+    slot: &mut Option<tokio::sync::SemaphorePermit<'a>>,
+) -> Outcome {
     // 1. Top-level refs become values: wait for each and splice its bytes into the argument
     //    buffer. postcard encodes a tuple as its fields one after another, so the buffer is
     //    the encoding of the whole parameter tuple.
@@ -93,9 +136,14 @@ async fn execute(node: &Arc<NodeInner>, spec: &TaskSpec, granted: &mut Vec<Objec
                     grants.extend(node.objects.contained(*id));
                 }
                 Err(GetError::Task(upstream)) => {
+                    let root = match &upstream.kind {
+                        TaskErrorKind::UpstreamFailed { root, .. } => root.clone(),
+                        _ => Arc::new(upstream.clone()),
+                    };
                     return Err(TaskErrorKind::UpstreamFailed {
                         argument: i + 1,
-                        upstream: Box::new(upstream),
+                        upstream_function: upstream.function,
+                        root,
                     });
                 }
                 Err(_) => {
@@ -120,7 +168,7 @@ async fn execute(node: &Arc<NodeInner>, spec: &TaskSpec, granted: &mut Vec<Objec
     }
 
     // 2. A pooled instance slot.
-    let _permit = acquire_slot(node).await?;
+    *slot = Some(acquire_slot(node).await?);
 
     let mut state = TaskState::new(
         Some(node.clone()),
@@ -239,9 +287,11 @@ fn classify(
     (time_limit, memory_limit): (std::time::Duration, u64),
 ) -> Outcome {
     match outcome {
-        Ok(abi::status::OK) => match result {
-            Some(r) => Ok(r),
-            None => Err(TaskErrorKind::Abi {
+        // A failure the host recorded (a refused result) stands even if the shim says OK.
+        Ok(abi::status::OK) => match (result, failure) {
+            (_, Some(f)) if f.kind == HOST_FAILURE => Err(failure_kind(f)),
+            (Some(r), _) => Ok(r),
+            (None, _) => Err(TaskErrorKind::Abi {
                 detail: "the function returned without handing over a result".into(),
             }),
         },
