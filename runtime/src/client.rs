@@ -138,14 +138,18 @@ impl Client {
                     .map_err(|_| GetError::NodeStopped)??
             }
         };
-        decode(id, sealed.bytes())
+        codec::decode_object(&self.inner().objects, id, sealed.bytes())
     }
 
     /// The value if the object is already complete (no waiting, no task switch).
     fn try_get_now<T: DeserializeOwned>(&self, id: ObjectId) -> Option<Result<T, GetError>> {
         match self.inner().objects.state(id) {
             None => Some(Err(GetError::ObjectLost { id })),
-            Some(ObjectState::Ready(sealed)) => Some(decode(id, sealed.bytes())),
+            Some(ObjectState::Ready(sealed)) => Some(codec::decode_object(
+                &self.inner().objects,
+                id,
+                sealed.bytes(),
+            )),
             Some(ObjectState::Failed(e)) => Some(Err(GetError::Task((*e).clone()))),
             Some(ObjectState::Pending) => None,
         }
@@ -179,7 +183,7 @@ impl Client {
             .inner()
             .block_on(async move { node.objects.wait_ready(id, timeout).await })
             .ok_or(GetError::NodeStopped)??;
-        decode(id, sealed.bytes())
+        codec::decode_object(&self.inner().objects, id, sealed.bytes())
     }
 
     /// The object's encoded bytes (postcard), copied out of the store. For tools that decode
@@ -254,14 +258,6 @@ fn split<T>(refs: Vec<ObjectRef<T>>, flags: &[bool]) -> ReadyPending<T> {
         }
     }
     (ready, pending)
-}
-
-fn decode<T: DeserializeOwned>(id: ObjectId, bytes: &[u8]) -> Result<T, GetError> {
-    postcard::from_bytes(bytes).map_err(|source| GetError::Decode {
-        id,
-        type_name: std::any::type_name::<T>(),
-        source,
-    })
 }
 
 /// A module loaded on the cluster.

@@ -12,7 +12,9 @@ use ferry_abi::abi::CallArg;
 use ferry_abi::{ArgSink, ObjectId, RefHooks};
 use serde::Serialize;
 
-use crate::error::PutError;
+use serde::de::DeserializeOwned;
+
+use crate::error::{GetError, PutError};
 use crate::ids::NodeId;
 use crate::objects::ObjectTable;
 use crate::store::{ObjectStore, Sealed};
@@ -40,6 +42,64 @@ fn table_for(id: ObjectId) -> Option<Arc<ObjectTable>> {
 fn hook_retain(id: ObjectId) {
     if let Some(t) = table_for(id) {
         t.retain(id);
+    }
+    // Counts stay balanced either way; a ref the object never declared is reported.
+    DECODING.with(|d| {
+        if let Some(scope) = d.borrow_mut().as_mut() {
+            let (table, object) = (&scope.table, scope.object);
+            let allowed = scope.allowed.get_or_insert_with(|| table.contained(object));
+            if !allowed.contains(&id) {
+                scope.undeclared.get_or_insert(id);
+            }
+        }
+    });
+}
+
+/// An object being decoded for a driver, and the refs it declared when it was stored.
+struct DecodeScope {
+    object: ObjectId,
+    table: Arc<ObjectTable>,
+    /// Fetched on the first ref met, so ref-free values cost nothing.
+    allowed: Option<Vec<ObjectId>>,
+    undeclared: Option<ObjectId>,
+}
+
+thread_local! {
+    static DECODING: RefCell<Option<DecodeScope>> = const { RefCell::new(None) };
+}
+
+/// Decodes `object` (whose bytes are `bytes`) for a driver. A ref inside it that the object
+/// did not declare when it was stored (only a guest breaking the ABI can make one) makes the
+/// decode fail, so that no one can be handed an object id they were never given.
+pub fn decode_object<T: DeserializeOwned>(
+    table: &Arc<ObjectTable>,
+    object: ObjectId,
+    bytes: &[u8],
+) -> Result<T, GetError> {
+    let previous = DECODING.with(|d| {
+        d.borrow_mut().replace(DecodeScope {
+            object,
+            table: table.clone(),
+            allowed: None,
+            undeclared: None,
+        })
+    });
+    let decoded = postcard::from_bytes::<T>(bytes);
+    let scope = DECODING.with(|d| std::mem::replace(&mut *d.borrow_mut(), previous));
+    let value = decoded.map_err(|source| GetError::Decode {
+        id: object,
+        type_name: std::any::type_name::<T>(),
+        source,
+    })?;
+    match scope.and_then(|s| s.undeclared) {
+        None => Ok(value),
+        Some(undeclared) => {
+            drop(value);
+            Err(GetError::UndeclaredRef {
+                id: object,
+                undeclared,
+            })
+        }
     }
 }
 

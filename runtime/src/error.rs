@@ -259,6 +259,19 @@ pub enum GetError {
         #[source]
         source: postcard::Error,
     },
+    /// The object holds a ref it did not declare when it was stored (only a guest breaking
+    /// the ABI can make one); it is not decoded, so that no one is handed an object id they
+    /// were never given.
+    #[error(
+        "object {id} contains a ref to {undeclared} that it did not declare when it was stored; \
+         refusing to decode it"
+    )]
+    UndeclaredRef {
+        /// The object.
+        id: ObjectId,
+        /// The ref it did not declare.
+        undeclared: ObjectId,
+    },
     /// The node shut down while waiting.
     #[error("the node shut down")]
     NodeStopped,

@@ -4,13 +4,23 @@
 
 use std::time::Duration;
 
-use ferry::{Client, FunctionSig, ObjectRef, TaskErrorKind, TypeDesc};
+use ferry::{Client, FunctionSig, ObjectRef, Param, TaskErrorKind, TypeDesc};
 use ferry_tests::{test_config, testguest_wasm};
 
 fn sig(name: &str) -> Vec<u8> {
+    let params = match name {
+        "smuggle" => vec![Param {
+            name: "id".into(),
+            ty: TypeDesc {
+                rust: "[u8; 16]".into(),
+                format: Err("hand-written".into()),
+            },
+        }],
+        _ => Vec::new(),
+    };
     let sig = FunctionSig {
         name: name.into(),
-        params: Vec::new(),
+        params,
         result: TypeDesc {
             rust: "()".into(),
             format: Err("hand-written".into()),
@@ -67,6 +77,13 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ),
     // Returns success without a result.
     ("silent", "(i32.const 0)"),
+    // Returns the 16 id bytes it was passed as a value, without declaring them as a ref.
+    (
+        "smuggle",
+        r#"
+    (drop (call $result (local.get 0) (i32.const 16) (i32.const 0) (i32.const 0)))
+    (i32.const 0)"#,
+    ),
 ];
 
 fn hostile_module() -> Vec<u8> {
@@ -166,6 +183,14 @@ async fn abi_violations_are_refused_one_by_one_and_the_node_keeps_serving() {
         matches!(kind(&err), Some(TaskErrorKind::Host { .. })),
         "{err}"
     );
+
+    // A guest cannot hand the driver a ref it never declared (here, to an object the driver
+    // made and the guest was never given): the driver refuses to decode it.
+    let secret = client.put(&7i64).unwrap();
+    let r: ObjectRef<ObjectRef<i64>> = module.call("smuggle", (secret.id().0,)).unwrap();
+    let err = client.get_timeout(&r, limit).await.unwrap_err();
+    assert!(matches!(err, GetError::UndeclaredRef { .. }), "{err}");
+    assert_eq!(client.ref_count(&secret), Some(1), "counts stay balanced");
 
     // The node still serves ordinary guests.
     let good = client.load(&testguest_wasm()).unwrap();
