@@ -11,7 +11,6 @@ use std::sync::{Arc, RwLock, Weak};
 use ferry_abi::abi::CallArg;
 use ferry_abi::{ArgSink, ObjectId, RefHooks};
 use serde::Serialize;
-
 use serde::de::DeserializeOwned;
 
 use crate::error::{GetError, PutError};
