@@ -85,7 +85,9 @@ impl<'a> ArgDecoder<'a> {
     /// returned as the error.
     pub fn arg<T: DeserializeOwned>(&mut self, name: &str, ty: &str) -> Result<T, i32> {
         self.index += 1;
-        match postcard::take_from_bytes::<T>(self.rest) {
+        // Argument k's buffers are read from the host by its position.
+        let source = (self.index - 1) as i32;
+        match codec::take_from::<T>(source, self.rest) {
             Ok((value, rest)) => {
                 self.rest = rest;
                 Ok(value)
@@ -119,9 +121,11 @@ fn bad_arguments(message: &str) -> i32 {
 
 /// Hands a function's value to the host as its result.
 pub fn ret<T: Serialize>(value: T) -> i32 {
-    let (bytes, refs) = codec::encode(&value);
+    let e = codec::encode(&value);
+    // `value` stays alive until the host has copied its buffers.
+    let status = host::result(&e.bytes, &e.refs, &e.buffers);
     drop(value);
-    match host::result(&bytes, &refs) {
+    match status {
         0 => abi::status::OK,
         _ => abi::status::FAILED,
     }
@@ -133,7 +137,12 @@ pub fn ret_result<T: Serialize, E: Serialize + Display>(outcome: Result<T, E>) -
     match outcome {
         Ok(value) => ret(value),
         Err(e) => {
-            let (cause, _) = codec::encode(&e);
+            // An error value is kept inline; one holding buffers is reported without it.
+            let cause = codec::try_encode(&e)
+                .ok()
+                .filter(|c| c.buffers.is_empty())
+                .map(|c| c.bytes)
+                .unwrap_or_default();
             host::fail(fail_kind::ERROR, &e.to_string(), &cause);
             abi::status::FAILED
         }
@@ -253,7 +262,7 @@ impl SigBuilder {
     /// Traces the types and hands the signature to the host.
     pub fn finish(self) -> i32 {
         codec::install_hooks();
-        let (formats, registry) = trace_all(&self.tracers);
+        let (formats, registry) = codec::tracing(|| trace_all(&self.tracers));
         let mut formats = formats.into_iter();
         let mut next = |rust: &str| {
             TypeDesc::new(
@@ -279,7 +288,7 @@ impl SigBuilder {
             registry: FunctionSig::encode_registry(&registry),
         };
         let bytes = postcard::to_allocvec(&sig).expect("encoding to a Vec cannot fail");
-        host::result(&bytes, &[])
+        host::result(&bytes, &[], &[])
     }
 }
 

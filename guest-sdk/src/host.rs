@@ -4,14 +4,21 @@
 //! driver depending on a guest crate for its typed handles, or `cargo test` of a guest crate)
 //! there is no host; every call fails with [`ErrorKind::NoHost`](crate::ErrorKind::NoHost).
 
-use ferry_abi::ObjectId;
+use ferry_abi::{ObjectId, abi};
 
 #[cfg(target_arch = "wasm32")]
 mod raw {
     #[link(wasm_import_module = "ferry")]
     unsafe extern "C" {
-        pub fn put(data: *const u8, len: usize, refs: *const u8, nrefs: usize, out: *mut u8)
-        -> i32;
+        pub fn put(
+            data: *const u8,
+            len: usize,
+            refs: *const u8,
+            nrefs: usize,
+            bufs: *const u8,
+            nbufs: usize,
+            out: *mut u8,
+        ) -> i32;
         pub fn get(id: *const u8, timeout_ms: i64) -> i64;
         pub fn take(dst: *mut u8, cap: usize) -> i64;
         pub fn call(req: *const u8, len: usize, out: *mut u8) -> i32;
@@ -22,7 +29,17 @@ mod raw {
             timeout_ms: i64,
             ready_out: *mut u8,
         ) -> i32;
-        pub fn result(data: *const u8, len: usize, refs: *const u8, nrefs: usize) -> i32;
+        pub fn result(
+            data: *const u8,
+            len: usize,
+            refs: *const u8,
+            nrefs: usize,
+            bufs: *const u8,
+            nbufs: usize,
+        ) -> i32;
+        pub fn buffer(source: i32, index: i32, out: *mut u8) -> i32;
+        pub fn read_buffer(source: i32, index: i32, dst: *mut u8) -> i32;
+        pub fn release_buffer(handle: i32) -> i32;
         pub fn fail(
             kind: i32,
             msg: *const u8,
@@ -39,7 +56,15 @@ mod raw {
 mod raw {
     //! Native stand-ins: no host is present.
     use ferry_abi::abi::status::HOST_ERROR;
-    pub unsafe fn put(_: *const u8, _: usize, _: *const u8, _: usize, _: *mut u8) -> i32 {
+    pub unsafe fn put(
+        _: *const u8,
+        _: usize,
+        _: *const u8,
+        _: usize,
+        _: *const u8,
+        _: usize,
+        _: *mut u8,
+    ) -> i32 {
         HOST_ERROR
     }
     pub unsafe fn get(_: *const u8, _: i64) -> i64 {
@@ -54,7 +79,23 @@ mod raw {
     pub unsafe fn wait(_: *const u8, _: usize, _: usize, _: i64, _: *mut u8) -> i32 {
         HOST_ERROR
     }
-    pub unsafe fn result(_: *const u8, _: usize, _: *const u8, _: usize) -> i32 {
+    pub unsafe fn result(
+        _: *const u8,
+        _: usize,
+        _: *const u8,
+        _: usize,
+        _: *const u8,
+        _: usize,
+    ) -> i32 {
+        HOST_ERROR
+    }
+    pub unsafe fn buffer(_: i32, _: i32, _: *mut u8) -> i32 {
+        HOST_ERROR
+    }
+    pub unsafe fn read_buffer(_: i32, _: i32, _: *mut u8) -> i32 {
+        HOST_ERROR
+    }
+    pub unsafe fn release_buffer(_: i32) -> i32 {
         HOST_ERROR
     }
     pub unsafe fn fail(_: i32, _: *const u8, _: usize, _: *const u8, _: usize) -> i32 {
@@ -75,8 +116,19 @@ fn ids_as_bytes(ids: &[ObjectId]) -> *const u8 {
     ids.as_ptr().cast()
 }
 
-pub(crate) fn put(data: &[u8], refs: &[ObjectId]) -> Result<ObjectId, i32> {
+/// The `(ptr, len)` table of a value's buffers, as the host reads it (8 bytes each).
+fn buffer_table(buffers: &[(u32, u32)]) -> Vec<u8> {
+    buffers
+        .iter()
+        .flat_map(|&(p, l)| p.to_le_bytes().into_iter().chain(l.to_le_bytes()))
+        .collect()
+}
+
+/// Stores a value. `buffers` must point at bytes that stay alive and unchanged for the call
+/// (the value they came from is still borrowed); the host only reads them, bounds-checked.
+pub(crate) fn put(data: &[u8], refs: &[ObjectId], buffers: &[(u32, u32)]) -> Result<ObjectId, i32> {
     let mut out = ObjectId([0; 16]);
+    let table = buffer_table(buffers);
     // SAFETY: every pointer comes from a live slice or local with the length passed beside it;
     // the host writes exactly 16 bytes to `out`.
     let status = unsafe {
@@ -85,6 +137,8 @@ pub(crate) fn put(data: &[u8], refs: &[ObjectId]) -> Result<ObjectId, i32> {
             data.len(),
             ids_as_bytes(refs),
             refs.len(),
+            table.as_ptr(),
+            buffers.len(),
             out.0.as_mut_ptr(),
         )
     };
@@ -153,9 +207,47 @@ pub(crate) fn wait(ids: &[ObjectId], num_ready: usize, timeout_ms: i64) -> Resul
     }
 }
 
-pub(crate) fn result(data: &[u8], refs: &[ObjectId]) -> i32 {
+/// Hands over the function's result (buffers as for [`put`]).
+pub(crate) fn result(data: &[u8], refs: &[ObjectId], buffers: &[(u32, u32)]) -> i32 {
+    let table = buffer_table(buffers);
     // SAFETY: pointers and lengths from live slices.
-    unsafe { raw::result(data.as_ptr(), data.len(), ids_as_bytes(refs), refs.len()) }
+    unsafe {
+        raw::result(
+            data.as_ptr(),
+            data.len(),
+            ids_as_bytes(refs),
+            refs.len(),
+            table.as_ptr(),
+            buffers.len(),
+        )
+    }
+}
+
+/// Asks the host for buffer `index` of `source`: `(info, true)` if it mapped the buffer,
+/// `(info, false)` if the guest must copy `info.len` bytes with [`read_buffer`].
+pub(crate) fn buffer(source: i32, index: u32) -> Result<(abi::BufferInfo, bool), i32> {
+    let mut out = [0u8; 12];
+    // SAFETY: `out` is 12 writable bytes, all the host writes.
+    let status = unsafe { raw::buffer(source, index as i32, out.as_mut_ptr()) };
+    match status {
+        0 | 1 => Ok((abi::BufferInfo::from_bytes(out), status == 1)),
+        s => Err(s),
+    }
+}
+
+/// Copies buffer `index` of `source` into `dst`, which must be exactly its length.
+pub(crate) fn read_buffer(source: i32, index: u32, dst: &mut [u8]) -> Result<(), i32> {
+    // SAFETY: `dst` is writable for its length, the buffer's length (from `buffer`).
+    match unsafe { raw::read_buffer(source, index as i32, dst.as_mut_ptr()) } {
+        0 => Ok(()),
+        s => Err(s),
+    }
+}
+
+/// Unmaps a buffer the host mapped.
+pub(crate) fn release_buffer(handle: u32) {
+    // SAFETY: no pointers.
+    unsafe { raw::release_buffer(handle as i32) };
 }
 
 pub(crate) fn fail(kind: i32, message: &str, cause: &[u8]) -> i32 {

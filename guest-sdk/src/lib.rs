@@ -35,7 +35,10 @@ use std::fmt;
 use std::time::Duration;
 
 use ferry_abi::abi;
-pub use ferry_abi::{IntoArgs, ModuleId, ObjectId, ObjectRef, ReadyPending, RemoteFn, UntypedArgs};
+pub use ferry_abi::{
+    Blob, Buffer, Element, IntoArgs, ModuleId, ObjectId, ObjectRef, ReadyPending, RemoteFn,
+    StorageKind, UntypedArgs,
+};
 /// Marks a function as callable by ferry. See the crate documentation.
 pub use ferry_guest_macros::remote;
 use serde::Serialize;
@@ -136,8 +139,8 @@ fn timeout_ms(timeout: Option<Duration>) -> i64 {
 
 /// Stores `value` in the node's object store and returns a ref to it.
 pub fn put<T: Serialize + ?Sized>(value: &T) -> Result<ObjectRef<T>, Error> {
-    let (bytes, refs) = codec::encode(value);
-    let id = host::put(&bytes, &refs).map_err(Error::from_status)?;
+    let e = codec::encode(value);
+    let id = host::put(&e.bytes, &e.refs, &e.buffers).map_err(Error::from_status)?;
     Ok(ObjectRef::adopt(id))
 }
 
@@ -157,7 +160,7 @@ fn get_timeout_opt<T: DeserializeOwned>(
 ) -> Result<T, Error> {
     let len = host::get(r.id(), timeout_ms(timeout)).map_err(Error::from_status)?;
     let bytes = host::take_exact(len);
-    postcard::from_bytes(&bytes)
+    codec::decode_from(abi::SOURCE_LAST_GET, &bytes)
         .map_err(|e| Error::decode(&format!("object {} as {}", r.id(), type_name::<T>()), e))
 }
 
@@ -208,6 +211,9 @@ fn submit<R>(
     function: &str,
     sink: codec::CallSink,
 ) -> Result<ObjectRef<R>, Error> {
+    if let Some(status) = sink.error {
+        return Err(Error::from_status(status));
+    }
     let request = abi::CallRequest {
         module,
         function: function.to_owned(),

@@ -96,7 +96,7 @@ impl Client {
     /// Stores a value and returns a ref to it. The value is encoded straight into the store.
     pub fn put<T: Serialize + ?Sized>(&self, value: &T) -> Result<ObjectRef<T>, PutError> {
         let inner = self.inner();
-        let (sealed, refs) = codec::encode_into_store(&inner.store, value)?;
+        let (sealed, refs) = codec::encode_into_store(|l| inner.objects.allocate(l), value)?;
         let id = inner.ids.next();
         inner.objects.insert_ready(id, sealed, refs, 1);
         Ok(ObjectRef::adopt(id))
@@ -138,20 +138,19 @@ impl Client {
                     .map_err(|_| GetError::NodeStopped)??
             }
         };
-        codec::decode_object(&self.inner().objects, id, sealed.bytes())
+        codec::decode_object(&self.inner().objects, id, &sealed)
     }
 
     /// The value if the object is already complete (no waiting, no task switch).
     fn try_get_now<T: DeserializeOwned>(&self, id: ObjectId) -> Option<Result<T, GetError>> {
         match self.inner().objects.state(id) {
             None => Some(Err(GetError::ObjectLost { id })),
-            Some(ObjectState::Ready(sealed)) => Some(codec::decode_object(
-                &self.inner().objects,
-                id,
-                sealed.bytes(),
-            )),
+            Some(ObjectState::Ready(sealed)) => {
+                Some(codec::decode_object(&self.inner().objects, id, &sealed))
+            }
             Some(ObjectState::Failed(e)) => Some(Err(GetError::Task((*e).clone()))),
-            Some(ObjectState::Pending) => None,
+            // Pending: wait; spilled: `wait_ready` reads it back.
+            Some(ObjectState::Pending | ObjectState::Spilled(_)) => None,
         }
     }
 
@@ -183,12 +182,12 @@ impl Client {
             .inner()
             .block_on(async move { node.objects.wait_ready(id, timeout).await })
             .ok_or(GetError::NodeStopped)??;
-        codec::decode_object(&self.inner().objects, id, sealed.bytes())
+        codec::decode_object(&self.inner().objects, id, &sealed)
     }
 
-    /// The object's encoded bytes (postcard), copied out of the store. For tools that decode
-    /// with a manifest instead of a Rust type, like `ferry run`.
-    pub async fn get_encoded<T>(&self, r: &ObjectRef<T>) -> Result<Vec<u8>, GetError> {
+    /// The object's encoding (postcard metadata and out-of-band buffers), copied out of the
+    /// store. For tools that decode with a manifest instead of a Rust type, like `ferry run`.
+    pub async fn get_encoded<T>(&self, r: &ObjectRef<T>) -> Result<EncodedObject, GetError> {
         let id = r.id();
         let node = self.inner().clone();
         let sealed = self
@@ -197,7 +196,12 @@ impl Client {
             .spawn(async move { node.objects.wait_ready(id, None).await })
             .await
             .map_err(|_| GetError::NodeStopped)??;
-        Ok(sealed.bytes().to_vec())
+        Ok(EncodedObject {
+            meta: sealed.meta().to_vec(),
+            buffers: (0..sealed.layout().buffers.len())
+                .map(|i| sealed.buffer(i).unwrap_or_default().to_vec())
+                .collect(),
+        })
     }
 
     /// Gets every object, in order; fails with the first error.
@@ -245,6 +249,36 @@ impl Client {
     pub fn exists(&self, id: ObjectId) -> bool {
         self.inner().objects.state(id).is_some()
     }
+
+    /// Where the object is now, or `None` if it has been freed.
+    pub fn location<T>(&self, r: &ObjectRef<T>) -> Option<ObjectLocation> {
+        Some(match self.inner().objects.state(r.id())? {
+            ObjectState::Pending => ObjectLocation::Pending,
+            ObjectState::Ready(_) => ObjectLocation::Memory,
+            ObjectState::Spilled(_) => ObjectLocation::Disk,
+            ObjectState::Failed(_) => ObjectLocation::Failed,
+        })
+    }
+
+    /// The size of the store's backing file, read from its open descriptor (for tests that
+    /// check it is never truncated while mapped).
+    #[doc(hidden)]
+    pub fn store_file_len(&self) -> std::io::Result<u64> {
+        self.inner().objects.store().file_len()
+    }
+}
+
+/// Where an object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectLocation {
+    /// Its task has not finished.
+    Pending,
+    /// In the node's memory (the object store).
+    Memory,
+    /// Spilled to disk; a `get` reads it back.
+    Disk,
+    /// Its task failed.
+    Failed,
 }
 
 fn split<T>(refs: Vec<ObjectRef<T>>, flags: &[bool]) -> ReadyPending<T> {
@@ -332,7 +366,7 @@ impl ModuleHandle {
         function: &str,
         args: impl UntypedArgs,
     ) -> Result<ObjectRef<R>, CallError> {
-        let mut sink = HostArgSink::new(&self.client.inner().objects);
+        let mut sink = HostArgSink::new(self.client.inner());
         args.encode_args(&mut sink);
         self.submit(function, sink)
     }
@@ -389,6 +423,16 @@ fn normalize(sig: &str) -> String {
     sig.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
+/// An object's encoding as stored: postcard metadata, in which each out-of-band buffer is a
+/// placeholder (its index), and the buffers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedObject {
+    /// The postcard stream.
+    pub meta: Vec<u8>,
+    /// The buffers, in placeholder order.
+    pub buffers: Vec<Vec<u8>>,
+}
+
 /// A function of a loaded module with its parameter and result types known to the compiler.
 pub struct TypedFunction<P, R> {
     module: ModuleHandle,
@@ -416,7 +460,7 @@ impl<P, R> TypedFunction<P, R> {
     /// Calls the function and returns at once with a ref to its result. Each argument is the
     /// parameter's type, or an `ObjectRef` to one (resolved to its value before the call).
     pub fn call<A: IntoArgs<P>>(&self, args: A) -> Result<ObjectRef<R>, CallError> {
-        let mut sink = HostArgSink::new(&self.module.client.inner().objects);
+        let mut sink = HostArgSink::new(self.module.client.inner());
         args.encode_args(&mut sink);
         self.module.submit(self.name, sink)
     }

@@ -2,28 +2,54 @@
 //!
 //! Values are postcard. While a value is encoded, every `ObjectRef` inside it reports itself
 //! through the `serialized` hook, so the host learns which refs an object contains without
-//! knowing its type. Cloning, decoding and dropping refs adjust the reference count on the
+//! knowing its type; every `Blob`/`Buffer` reports its bytes through the blob hook, which
+//! sizes them on a first pass and copies them into their own region of the object on the
+//! second (see [`crate::store::Layout`]). Cloning, decoding and dropping refs adjust the reference count on the
 //! node that owns the object (its id names the owner; [`register_owner`] maps it to a table).
 
 use std::cell::RefCell;
 use std::sync::{Arc, RwLock, Weak};
 
 use ferry_abi::abi::CallArg;
-use ferry_abi::{ArgSink, ObjectId, RefHooks};
+use ferry_abi::{ArgSink, Blob, BlobHooks, BlobStorage, ObjectId, RefHooks, StorageKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{GetError, PutError};
+use crate::error::{GetError, PutError, StoreError};
 use crate::ids::NodeId;
+use crate::node::NodeInner;
 use crate::objects::ObjectTable;
-use crate::store::{ObjectStore, Sealed};
+use crate::store::{Block, Layout, Sealed};
 
 type Owners = Vec<(u64, Weak<ObjectTable>)>;
 
 static OWNERS: RwLock<Owners> = RwLock::new(Vec::new());
 
+/// How the encoding on top of a thread's stack treats out-of-band buffers.
+enum BufferMode {
+    /// Count them (to learn whether a value has any).
+    Count(usize),
+    /// Record their lengths (the sizing pass of a store encoding).
+    Sizing(Vec<usize>),
+    /// Copy each into its region of a store block (the writing pass).
+    Writing {
+        /// Each buffer region of the block being written: start and length.
+        dest: Vec<(*mut u8, usize)>,
+        next: usize,
+    },
+}
+
+/// One encoding in progress on this thread.
+struct Frame {
+    refs: Vec<ObjectId>,
+    buffers: BufferMode,
+    /// Why a buffer was refused (postcard drops custom error messages).
+    refused: Option<&'static str>,
+}
+
 thread_local! {
-    static COLLECTORS: RefCell<Vec<Vec<ObjectId>>> = const { RefCell::new(Vec::new()) };
+    /// Encodings in progress; refs and buffers serialized while a frame is on top land in it.
+    static FRAMES: RefCell<Vec<Frame>> = const { RefCell::new(Vec::new()) };
 }
 
 fn owners() -> std::sync::RwLockReadGuard<'static, Owners> {
@@ -57,6 +83,7 @@ fn hook_retain(id: ObjectId) {
 /// An object being decoded for a driver, and the refs it declared when it was stored.
 struct DecodeScope {
     object: ObjectId,
+    sealed: Arc<Sealed>,
     table: Arc<ObjectTable>,
     /// Fetched on the first ref met, so ref-free values cost nothing.
     allowed: Option<Vec<ObjectId>>,
@@ -67,17 +94,20 @@ thread_local! {
     static DECODING: RefCell<Option<DecodeScope>> = const { RefCell::new(None) };
 }
 
-/// Decodes `object` (whose bytes are `bytes`) for a driver. A ref inside it that the object
-/// did not declare when it was stored (only a guest breaking the ABI can make one) makes the
-/// decode fail, so that no one can be handed an object id they were never given.
+/// Decodes `object` (stored as `sealed`) for a driver. Its buffers become views into the
+/// store (no copy). A ref inside it that the object did not declare when it was stored (only a
+/// guest breaking the ABI can make one) makes the decode fail, so that no one can be handed an
+/// object id they were never given.
 pub fn decode_object<T: DeserializeOwned>(
     table: &Arc<ObjectTable>,
     object: ObjectId,
-    bytes: &[u8],
+    sealed: &Arc<Sealed>,
 ) -> Result<T, GetError> {
+    let bytes = sealed.meta();
     let previous = DECODING.with(|d| {
         d.borrow_mut().replace(DecodeScope {
             object,
+            sealed: sealed.clone(),
             table: table.clone(),
             allowed: None,
             undeclared: None,
@@ -109,12 +139,100 @@ fn hook_release(id: ObjectId) {
 }
 
 fn hook_serialized(id: ObjectId) {
-    COLLECTORS.with(|c| {
-        if let Some(top) = c.borrow_mut().last_mut() {
-            top.push(id);
+    FRAMES.with(|f| {
+        if let Some(top) = f.borrow_mut().last_mut() {
+            top.refs.push(id);
         }
     });
 }
+
+fn blob_serialized(bytes: &[u8]) -> Result<u32, &'static str> {
+    FRAMES.with(|f| {
+        let mut frames = f.borrow_mut();
+        let Some(top) = frames.last_mut() else {
+            return Err("a Blob or Buffer can only be encoded by ferry (put, call arguments)");
+        };
+        let result = match &mut top.buffers {
+            BufferMode::Count(n) => {
+                *n += 1;
+                Ok(*n - 1)
+            }
+            BufferMode::Sizing(lens) => {
+                lens.push(bytes.len());
+                Ok(lens.len() - 1)
+            }
+            BufferMode::Writing { dest, next } => match dest.get(*next) {
+                None => Err("a value serialized more buffers the second time it was encoded"),
+                Some(&(_, len)) if len != bytes.len() => {
+                    Err("a buffer changed length between the two passes of an encoding")
+                }
+                Some(&(ptr, len)) => {
+                    // SAFETY: `ptr` is the start of a region of `len` bytes inside a store
+                    // block that `encode_into_store` holds exclusively for the whole writing
+                    // pass (the frame is popped before the block is sealed or dropped); the
+                    // regions are disjoint from each other and from the metadata slice postcard
+                    // writes to, and `bytes` (a value being encoded) cannot overlap a block
+                    // nobody else can see.
+                    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, len) };
+                    *next += 1;
+                    Ok(*next - 1)
+                }
+            },
+        };
+        let index = result.and_then(|i| u32::try_from(i).map_err(|_| "too many buffers"));
+        if let Err(why) = index {
+            top.refused.get_or_insert(why);
+        }
+        index
+    })
+}
+
+fn blob_take(index: u32) -> Result<Blob, String> {
+    DECODING.with(|d| match d.borrow().as_ref() {
+        Some(scope) => {
+            let index = index as usize;
+            if scope.sealed.buffer(index).is_none() {
+                return Err(format!(
+                    "the value refers to buffer {index} but the object has {}",
+                    scope.sealed.layout().buffers.len()
+                ));
+            }
+            Ok(Blob::from_storage(Box::new(StoreView {
+                object: scope.sealed.clone(),
+                index,
+            })))
+        }
+        None => Err("a Blob or Buffer can only be decoded from a stored object (get)".into()),
+    })
+}
+
+/// A buffer read in place from a sealed object: the object stays pinned while it lives.
+#[derive(Clone)]
+struct StoreView {
+    object: Arc<Sealed>,
+    index: usize,
+}
+
+// SAFETY: a sealed object's bytes never change and stay in place while the `Arc` lives.
+unsafe impl BlobStorage for StoreView {
+    fn bytes(&self) -> &[u8] {
+        self.object.buffer(self.index).unwrap_or_default()
+    }
+    fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        None
+    }
+    fn share(&self) -> Option<Box<dyn BlobStorage>> {
+        Some(Box::new(self.clone()))
+    }
+    fn kind(&self) -> StorageKind {
+        StorageKind::StoreView
+    }
+}
+
+static BLOB_HOOKS: BlobHooks = BlobHooks {
+    serialized: blob_serialized,
+    take: blob_take,
+};
 
 static HOST_HOOKS: RefHooks = RefHooks {
     retain: hook_retain,
@@ -125,6 +243,7 @@ static HOST_HOOKS: RefHooks = RefHooks {
 /// Makes refs owned by `node` count against `table`.
 pub fn register_owner(node: NodeId, table: &Arc<ObjectTable>) {
     ferry_abi::install_ref_hooks(&HOST_HOOKS);
+    ferry_abi::install_blob_hooks(&BLOB_HOOKS);
     if !ferry_abi::installed_ref_hooks().is_some_and(|h| std::ptr::eq(h, &HOST_HOOKS)) {
         tracing::error!(
             "another set of ObjectRef hooks was installed in this process before ferry's; \
@@ -142,38 +261,98 @@ pub fn unregister_owner(node: NodeId) {
     o.retain(|(n, t)| *n != node.0 && t.strong_count() > 0);
 }
 
-/// Runs `f` while collecting the refs serialized on this thread.
-fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<ObjectId>) {
-    COLLECTORS.with(|c| c.borrow_mut().push(Vec::new()));
-    let r = f();
-    let refs = COLLECTORS.with(|c| c.borrow_mut().pop().unwrap_or_default());
-    (r, refs)
+/// Pops the frame it pushed, also if encoding panics (a stale frame could otherwise receive
+/// another encoding's buffers).
+struct FrameGuard;
+
+impl Drop for FrameGuard {
+    fn drop(&mut self) {
+        FRAMES.with(|f| f.borrow_mut().pop());
+    }
 }
 
-/// Encodes `value`, returning its bytes and the refs inside it.
+/// Runs `f` as an encoding with its own frame; returns its result and the frame.
+fn encoding<R>(buffers: BufferMode, f: impl FnOnce() -> R) -> (R, Frame) {
+    FRAMES.with(|fr| {
+        fr.borrow_mut().push(Frame {
+            refs: Vec::new(),
+            buffers,
+            refused: None,
+        })
+    });
+    let guard = FrameGuard;
+    let r = f();
+    let frame = FRAMES.with(|fr| fr.borrow_mut().pop());
+    std::mem::forget(guard);
+    let frame = frame.unwrap_or(Frame {
+        refs: Vec::new(),
+        buffers: BufferMode::Count(0),
+        refused: None,
+    });
+    (r, frame)
+}
+
+fn serialize_error(e: postcard::Error, frame: &Frame) -> PutError {
+    match frame.refused {
+        Some(why) => PutError::Serialize(why.to_owned()),
+        None => PutError::Serialize(e.to_string()),
+    }
+}
+
+/// Encodes `value` into a `Vec`, returning its bytes, the refs inside it and how many
+/// out-of-band buffers it holds (which a `Vec` cannot carry: such values go to the store).
 pub fn encode<T: Serialize + ?Sized>(
     value: &T,
-) -> Result<(Vec<u8>, Vec<ObjectId>), postcard::Error> {
-    let (bytes, refs) = collecting(|| postcard::to_allocvec(value));
-    Ok((bytes?, refs))
+) -> Result<(Vec<u8>, Vec<ObjectId>, usize), PutError> {
+    let (bytes, frame) = encoding(BufferMode::Count(0), || postcard::to_allocvec(value));
+    let bytes = bytes.map_err(|e| serialize_error(e, &frame))?;
+    let buffers = match frame.buffers {
+        BufferMode::Count(n) => n,
+        _ => 0,
+    };
+    Ok((bytes, frame.refs, buffers))
 }
 
-/// Encodes `value` straight into a new store object: one pass to size it, one to write it in
-/// place, no intermediate buffer.
+/// Encodes `value` straight into a new store object obtained from `allocate`: one pass to size
+/// the metadata and the buffers, one to write the metadata in place and copy each buffer's
+/// bytes once into its page-aligned region. No intermediate buffer.
 pub fn encode_into_store<T: Serialize + ?Sized>(
-    store: &ObjectStore,
+    allocate: impl FnOnce(Layout) -> Result<Block, StoreError>,
     value: &T,
 ) -> Result<(Arc<Sealed>, Vec<ObjectId>), PutError> {
-    let len = postcard::experimental::serialized_size(value).map_err(PutError::Serialize)?;
-    let mut block = store.allocate(len)?;
-    let (written, refs) =
-        collecting(|| postcard::to_slice(value, block.as_mut_slice()).map(|s| s.len()));
-    let written = written.map_err(PutError::Serialize)?;
-    if written != len {
+    let (len, frame) = encoding(BufferMode::Sizing(Vec::new()), || {
+        postcard::experimental::serialized_size(value)
+    });
+    let len = len.map_err(|e| serialize_error(e, &frame))?;
+    let BufferMode::Sizing(lens) = frame.buffers else {
+        return Err(PutError::Serialize(
+            "internal: lost the sizing frame".into(),
+        ));
+    };
+    let layout = Layout::plan(len, &lens).ok_or_else(|| {
+        PutError::Serialize("the value's buffers overflow the address space".into())
+    })?;
+    let mut block = allocate(layout)?;
+    let (meta, buffers) = block.parts_mut();
+    let dest = buffers
+        .into_iter()
+        .map(|b| (b.as_mut_ptr(), b.len()))
+        .collect();
+    let (written, frame) = encoding(BufferMode::Writing { dest, next: 0 }, || {
+        postcard::to_slice(value, meta).map(|s| s.len())
+    });
+    let written = written.map_err(|e| serialize_error(e, &frame))?;
+    let copied = match frame.buffers {
+        BufferMode::Writing { next, .. } => next,
+        _ => 0,
+    };
+    if written != len || copied != lens.len() {
         // A Serialize impl that writes differently on two passes; refuse rather than store junk.
-        return Err(PutError::Serialize(postcard::Error::SerializeBufferFull));
+        return Err(PutError::Serialize(
+            "the value serialized differently on two passes".into(),
+        ));
     }
-    Ok((block.seal(), refs))
+    Ok((block.seal(), frame.refs))
 }
 
 /// Builds the argument list of a call made by the host (a driver).
@@ -181,21 +360,23 @@ pub fn encode_into_store<T: Serialize + ?Sized>(
 /// Every ref an argument holds (top-level or inside a value) is retained the moment it is
 /// encoded: arguments are often moved into the call and dropped right after encoding, and the
 /// task must hold them from then on. The counts belong to the arguments; whoever consumes
-/// `args` (a task, or [`HostArgSink::abandon`]) releases them.
+/// `args` (a task, or [`HostArgSink::abandon`]) releases them. A value holding out-of-band
+/// buffers is stored as an object of its own (its bytes copied once, into the store) and
+/// passed by ref, which the function sees as the value.
 #[derive(Debug)]
 pub struct HostArgSink<'a> {
-    objects: &'a ObjectTable,
+    node: &'a NodeInner,
     /// The arguments so far.
     pub args: Vec<CallArg>,
-    /// The first argument that did not serialize (1-based position and the error).
-    pub error: Option<(usize, postcard::Error)>,
+    /// The first argument that did not encode (1-based position and the error).
+    pub error: Option<(usize, PutError)>,
 }
 
 impl<'a> HostArgSink<'a> {
-    /// An empty argument list whose refs count against `objects`.
-    pub fn new(objects: &'a ObjectTable) -> Self {
+    /// An empty argument list for a call on `node`.
+    pub fn new(node: &'a NodeInner) -> Self {
         Self {
-            objects,
+            node,
             args: Vec::new(),
             error: None,
         }
@@ -203,15 +384,38 @@ impl<'a> HostArgSink<'a> {
 
     /// Releases the counts the arguments took (the call is not going ahead).
     pub fn abandon(self) {
-        self.objects
+        self.node
+            .objects
             .release_all(&crate::wasm::TaskSpec::refs_of(&self.args));
     }
 
+    fn fail(&mut self, e: PutError) {
+        if self.error.is_none() {
+            self.error = Some((self.args.len() + 1, e));
+        }
+        self.args.push(CallArg::Value {
+            bytes: Vec::new(),
+            refs: Vec::new(),
+        });
+    }
+
     fn push_value<T: Serialize + ?Sized>(&mut self, value: &T, untyped: bool) {
+        let objects = &self.node.objects;
         match encode(value) {
-            Ok((bytes, refs)) => {
+            Ok((_, _, buffers)) if buffers > 0 => {
+                match encode_into_store(|l| objects.allocate(l), value) {
+                    Ok((sealed, refs)) => {
+                        let id = self.node.ids.next();
+                        // The object's one count belongs to the argument.
+                        objects.insert_ready(id, sealed, refs, 1);
+                        self.args.push(CallArg::Object(id));
+                    }
+                    Err(e) => self.fail(e),
+                }
+            }
+            Ok((bytes, refs, _)) => {
                 for id in &refs {
-                    self.objects.retain(*id);
+                    objects.retain(*id);
                 }
                 if untyped
                     && let [id] = refs.as_slice()
@@ -222,15 +426,7 @@ impl<'a> HostArgSink<'a> {
                     self.args.push(CallArg::Value { bytes, refs });
                 }
             }
-            Err(e) => {
-                if self.error.is_none() {
-                    self.error = Some((self.args.len() + 1, e));
-                }
-                self.args.push(CallArg::Value {
-                    bytes: Vec::new(),
-                    refs: Vec::new(),
-                });
-            }
+            Err(e) => self.fail(e),
         }
     }
 }
@@ -241,7 +437,7 @@ impl ArgSink for HostArgSink<'_> {
     }
 
     fn object(&mut self, id: ObjectId) {
-        self.objects.retain(id);
+        self.node.objects.retain(id);
         self.args.push(CallArg::Object(id));
     }
 

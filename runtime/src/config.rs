@@ -12,6 +12,18 @@ pub struct NodeConfig {
     /// Object store capacity in bytes, reserved in full at start-up. Default: 1 GiB, or a
     /// quarter of the memory if that is less.
     pub store_capacity: u64,
+    /// Touch every page of the store once at start-up, in the background, so that writing
+    /// objects does not pay page faults. Default: on.
+    pub prefault: bool,
+    /// Directory under which the node spills objects when the store is full (it makes a
+    /// private subdirectory, removed when it stops). `None` turns spilling off: a full store
+    /// fails puts at once. Default: `$TMPDIR/ferry-spill`.
+    pub spill_dir: Option<PathBuf>,
+    /// Most bytes that may be spilled at once. `None`: as much as the disk holds. Default: none.
+    pub spill_capacity: Option<u64>,
+    /// Buffers at least this large that a guest reads are mapped copy-on-write into its memory
+    /// instead of copied (at least one page, 4 KiB). Default: 64 KiB.
+    pub map_threshold: u64,
     /// Directory for compiled modules, so a restarted node does not compile again. `None`
     /// disables the disk cache. Default: `$FERRY_CACHE_DIR`, else `$XDG_CACHE_HOME/ferry`, else
     /// `~/.cache/ferry`.
@@ -41,6 +53,10 @@ impl Default for NodeConfig {
         Self {
             store_dir,
             store_capacity: default_capacity(),
+            prefault: true,
+            spill_dir: Some(std::env::temp_dir().join("ferry-spill")),
+            spill_capacity: None,
+            map_threshold: 64 << 10,
             cache_dir: default_cache_dir(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             time_limit: Duration::from_secs(60),

@@ -275,6 +275,14 @@ pub enum GetError {
     /// The node shut down while waiting.
     #[error("the node shut down")]
     NodeStopped,
+    /// The object exists but could not be read back (it was spilled and restoring failed).
+    #[error("object {id} is unavailable: {reason}")]
+    Unavailable {
+        /// The object.
+        id: ObjectId,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl GetError {
@@ -292,7 +300,7 @@ impl GetError {
 pub enum PutError {
     /// The value did not serialize.
     #[error("the value did not serialize: {0}")]
-    Serialize(#[source] postcard::Error),
+    Serialize(String),
     /// The store could not hold it.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -342,16 +350,16 @@ pub enum CallError {
         /// The module's signature.
         found: String,
     },
-    /// An argument did not serialize.
-    #[error("argument {argument} of `{function}` did not serialize: {source}")]
+    /// An argument did not serialize, or (holding buffers) could not be stored.
+    #[error("argument {argument} of `{function}` could not be encoded: {source}")]
     Serialize {
         /// The function.
         function: String,
         /// The argument's position (1-based).
         argument: usize,
-        /// The encoder's message.
+        /// What went wrong.
         #[source]
-        source: postcard::Error,
+        source: PutError,
     },
     /// The node is shutting down.
     #[error("the node shut down")]

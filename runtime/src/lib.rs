@@ -17,14 +17,18 @@ mod objects;
 mod store;
 mod wasm;
 
-pub use client::{Client, ModuleHandle, TypedFunction};
+pub use client::{Client, EncodedObject, ModuleHandle, ObjectLocation, TypedFunction};
 pub use config::{NodeConfig, default_cache_dir};
 pub use error::{CallError, GetError, ModuleError, PutError, StoreError, TaskError, TaskErrorKind};
 pub use ferry_abi::abi::{ABI_VERSION, CallArg};
 pub use ferry_abi::manifest::{FunctionSig, Param, TypeDesc};
-pub use ferry_abi::{IntoArgs, ModuleId, ObjectId, ObjectRef, ReadyPending, RemoteFn, UntypedArgs};
+pub use ferry_abi::{
+    Blob, Buffer, Element, IntoArgs, ModuleId, ObjectId, ObjectRef, ReadyPending, RemoteFn,
+    StorageKind, UntypedArgs,
+};
 pub use ids::NodeId;
 pub use node::{NodeError, NodeStats};
 pub use objects::TableStats;
 pub use store::StoreStats;
+pub use store::spill::SpillStats;
 pub use wasm::ModuleStats;

@@ -212,7 +212,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let value = result_to_json(&sig, &bytes)?;
+    let value = result_to_json(&sig, &bytes.meta)?;
     let text = if a.pretty {
         serde_json::to_string_pretty(&value)?
     } else {

@@ -13,6 +13,7 @@ use crate::config::NodeConfig;
 use crate::error::{CallError, StoreError};
 use crate::ids::{IdGenerator, NodeId};
 use crate::objects::{ObjectTable, TableStats};
+use crate::store::spill::SpillDir;
 use crate::store::{ObjectStore, StoreStats};
 use crate::wasm::{ModuleRegistry, ModuleStats, TaskSpec, WasmEngine, run_task};
 
@@ -54,9 +55,7 @@ pub struct NodeInner {
     pub id: NodeId,
     /// Its configuration.
     pub config: NodeConfig,
-    /// The object store.
-    pub store: ObjectStore,
-    /// The object table.
+    /// The object table, which owns the object store.
     pub objects: Arc<ObjectTable>,
     /// Object ids owned by this node.
     pub ids: IdGenerator,
@@ -161,7 +160,7 @@ impl NodeInner {
     pub fn stats(&self) -> NodeStats {
         NodeStats {
             node: self.id,
-            store: self.store.stats(),
+            store: self.objects.store_stats(),
             objects: self.objects.stats(),
             modules: self.modules.stats(),
             tasks_submitted: self.tasks_submitted.load(Ordering::Relaxed),
@@ -208,6 +207,13 @@ impl Node {
     /// Starts a node.
     pub fn start(config: NodeConfig) -> Result<Self, NodeError> {
         let store = ObjectStore::create(&config.store_dir, config.store_capacity)?;
+        if config.prefault {
+            store.prefault_in_background();
+        }
+        let spill = match &config.spill_dir {
+            Some(dir) => Some(SpillDir::create(dir, config.spill_capacity)?),
+            None => None,
+        };
         let engine =
             Arc::new(WasmEngine::new(&config).map_err(|e| NodeError::Engine(format!("{e:#}")))?);
         let modules = ModuleRegistry::new(engine.clone(), config.cache_dir.clone())
@@ -219,11 +225,10 @@ impl Node {
             .build()
             .map_err(NodeError::Runtime)?;
         let id = NodeId::random();
-        let objects = Arc::new(ObjectTable::default());
+        let objects = Arc::new(ObjectTable::new(store, spill));
         codec::register_owner(id, &objects);
         let inner = Arc::new(NodeInner {
             id,
-            store,
             objects,
             ids: IdGenerator::new(id),
             modules,

@@ -1,20 +1,28 @@
 //! The object table: what each object id on this node is (pending, ready, failed), who holds
 //! it (reference counts), which refs it contains, and who is waiting for it.
 //!
+//! The table also owns the node's [`ObjectStore`]: [`ObjectTable::allocate`] is where space
+//! for new objects comes from, and when the store is full it spills unpinned objects (least
+//! recently used first) to disk; [`ObjectTable::wait_ready`] reads a spilled object back.
+//! An object is *pinned* while anything besides the table holds its `Arc<Sealed>` (a reader,
+//! a host view, a guest mapping, a task's argument); pinned objects are never spilled.
+//!
 //! An object is freed when its count reaches zero. Counts come from driver handles (through
 //! the ref hooks in [`crate::codec`]), from objects that contain the id, from tasks that take
 //! it as an argument or produce it, and from running guests that were given it. Freeing an
 //! object releases the refs it contains, so a chain of nested objects goes in one step.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ferry_abi::ObjectId;
 use tokio::sync::Notify;
 
-use crate::error::{GetError, TaskError};
-use crate::store::Sealed;
+use crate::error::{GetError, StoreError, TaskError};
+use crate::store::spill::{SpillDir, Spilled};
+use crate::store::{Block, Layout, ObjectStore, Sealed, StoreStats};
 
 /// What an object is now.
 #[derive(Debug, Clone)]
@@ -23,6 +31,8 @@ pub enum ObjectState {
     Pending,
     /// Sealed in the store. Holding the `Arc` pins the bytes.
     Ready(Arc<Sealed>),
+    /// Spilled to disk; read back by [`ObjectTable::wait_ready`].
+    Spilled(Arc<Spilled>),
     /// Its task failed.
     Failed(Arc<TaskError>),
 }
@@ -33,6 +43,9 @@ struct Entry {
     refs: u64,
     contained: Vec<ObjectId>,
     notify: Option<Arc<Notify>>,
+    /// When the object was last read (a tick of [`ObjectTable::clock`]), for choosing what to
+    /// spill.
+    last_used: u64,
 }
 
 /// Figures about the table.
@@ -76,16 +89,184 @@ fn release_locked(t: &mut HashMap<ObjectId, Entry>, ids: &[ObjectId], freed: &mu
 }
 
 /// The object table of one node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ObjectTable {
     entries: Mutex<HashMap<ObjectId, Entry>>,
     /// Woken on every completion; `wait` listens to it.
     any_completed: Notify,
+    store: ObjectStore,
+    spill: Option<Arc<SpillDir>>,
+    /// Held while objects are being spilled: one spiller at a time.
+    spilling: Mutex<()>,
+    clock: AtomicU64,
 }
 
 impl ObjectTable {
+    /// A table over `store`, spilling into `spill` (none: a full store fails puts at once).
+    pub fn new(store: ObjectStore, spill: Option<Arc<SpillDir>>) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            any_completed: Notify::new(),
+            store,
+            spill,
+            spilling: Mutex::new(()),
+            clock: AtomicU64::new(0),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<ObjectId, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &ObjectStore {
+        &self.store
+    }
+
+    /// Room for a new object laid out as `layout`. When the store is full, unpinned objects
+    /// are spilled to disk (least recently used first) until the object fits; if nothing more
+    /// can be spilled the store's `Full` error is returned and nothing stored is lost.
+    pub fn allocate(&self, layout: Layout) -> Result<Block, StoreError> {
+        loop {
+            match self.store.allocate_object(layout.clone()) {
+                Err(full @ StoreError::Full { .. }) => {
+                    if !self.spill_some(layout.total_len()) {
+                        return Err(full);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Spills unpinned objects worth at least `need` bytes (or all there are). Returns whether
+    /// anything was freed, or whether another spiller may have freed room meanwhile.
+    fn spill_some(&self, need: u64) -> bool {
+        let Some(dir) = &self.spill else {
+            return false;
+        };
+        let free_before = self.store.stats().largest_free;
+        let _one_at_a_time = self.spilling.lock().unwrap_or_else(|e| e.into_inner());
+        if self.store.stats().largest_free > free_before {
+            // Someone freed space while we waited for our turn: try again first.
+            return true;
+        }
+        let candidates: Vec<(ObjectId, Arc<Sealed>)> = {
+            let t = self.lock();
+            let mut unpinned: Vec<(u64, ObjectId, &Arc<Sealed>)> = t
+                .iter()
+                .filter_map(|(id, e)| match &e.state {
+                    // Only the table holds it: nobody is reading it and no guest maps it.
+                    ObjectState::Ready(s) if Arc::strong_count(s) == 1 => {
+                        Some((e.last_used, *id, s))
+                    }
+                    _ => None,
+                })
+                .collect();
+            unpinned.sort_unstable_by_key(|c| c.0);
+            let mut sum = 0u64;
+            unpinned
+                .into_iter()
+                .take_while(|c| {
+                    let take = sum < need;
+                    sum += c.2.len() as u64;
+                    take
+                })
+                .map(|(_, id, s)| (id, s.clone()))
+                .collect()
+        };
+        let mut freed = false;
+        for (id, sealed) in candidates {
+            let spilled = match dir.write(id, &sealed) {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    tracing::debug!(target: "ferry::store", "cannot spill {id}: {e}");
+                    break;
+                }
+            };
+            let mut t = self.lock();
+            let Some(e) = t.get_mut(&id) else { continue };
+            // Still the same bytes and still unpinned (only the table and we hold it).
+            if let ObjectState::Ready(s) = &e.state
+                && Arc::ptr_eq(s, &sealed)
+                && Arc::strong_count(s) == 2
+            {
+                let old = std::mem::replace(&mut e.state, ObjectState::Spilled(spilled));
+                drop(t);
+                drop(old);
+                freed = true;
+            }
+            // Otherwise someone started reading it: it stays in memory and the file goes.
+        }
+        freed
+    }
+
+    /// Reads a spilled object back into the store (spilling others if needed: its own file
+    /// stops counting against the spill capacity meanwhile, so a full disk can still swap).
+    fn restore(&self, id: ObjectId, spilled: Arc<Spilled>) -> Result<Arc<Sealed>, GetError> {
+        let unavailable = |reason: String| GetError::Unavailable { id, reason };
+        let lent = spilled.uncount();
+        let read = self
+            .allocate(spilled.layout().clone())
+            .map_err(|e| unavailable(format!("no room to read it back from disk: {e}")))
+            .and_then(|mut block| {
+                spilled
+                    .read_into(block.as_mut_slice())
+                    .map_err(|e| unavailable(format!("reading it back from disk failed: {e}")))?;
+                Ok(block)
+            });
+        let block = match read {
+            Ok(b) => b,
+            Err(e) => {
+                if lent {
+                    spilled.recount();
+                }
+                return Err(e);
+            }
+        };
+        let sealed = block.seal();
+        let mut t = self.lock();
+        let tick = self.tick();
+        let Some(e) = t.get_mut(&id) else {
+            return Err(GetError::ObjectLost { id });
+        };
+        e.last_used = tick;
+        match &e.state {
+            ObjectState::Spilled(cur) if Arc::ptr_eq(cur, &spilled) => {
+                let old = std::mem::replace(&mut e.state, ObjectState::Ready(sealed.clone()));
+                drop(t);
+                drop(old);
+                Ok(sealed)
+            }
+            // Another reader restored it first.
+            ObjectState::Ready(other) => Ok(other.clone()),
+            _ => Err(GetError::ObjectLost { id }),
+        }
+    }
+
+    /// The store's figures, with what only the table knows: pinned and spilled objects.
+    pub fn store_stats(&self) -> StoreStats {
+        let mut s = self.store.stats();
+        {
+            let t = self.lock();
+            for e in t.values() {
+                if let ObjectState::Ready(sealed) = &e.state {
+                    s.objects_in_memory += 1;
+                    if Arc::strong_count(sealed) > 1 {
+                        s.pinned_objects += 1;
+                        s.pinned_bytes += sealed.len() as u64;
+                    }
+                }
+            }
+        }
+        if let Some(dir) = &self.spill {
+            s.spill = Some(dir.stats());
+        }
+        s
     }
 
     /// Adds a sealed object with `refs` initial references. Retains the refs it contains.
@@ -109,6 +290,7 @@ impl ObjectTable {
                 refs,
                 contained,
                 notify: None,
+                last_used: self.tick(),
             },
         );
     }
@@ -122,6 +304,7 @@ impl ObjectTable {
                 refs,
                 contained: Vec::new(),
                 notify: Some(Arc::new(Notify::new())),
+                last_used: self.tick(),
             },
         );
     }
@@ -214,7 +397,8 @@ impl ObjectTable {
             .unwrap_or_default()
     }
 
-    /// Waits until the object is ready or failed. A failed task is an `Err(GetError::Task)`.
+    /// Waits until the object is ready or failed, reading it back from disk if it was
+    /// spilled. A failed task is an `Err(GetError::Task)`.
     pub async fn wait_ready(
         &self,
         id: ObjectId,
@@ -223,12 +407,20 @@ impl ObjectTable {
         let fut = async {
             loop {
                 let notify = {
-                    let t = self.lock();
-                    let Some(e) = t.get(&id) else {
+                    let mut t = self.lock();
+                    let tick = self.tick();
+                    let Some(e) = t.get_mut(&id) else {
                         return Err(GetError::ObjectLost { id });
                     };
+                    e.last_used = tick;
                     match &e.state {
                         ObjectState::Ready(b) => return Ok(b.clone()),
+                        ObjectState::Spilled(s) => {
+                            let s = s.clone();
+                            drop(t);
+                            // Reading back is blocking file I/O of one object.
+                            return self.restore(id, s);
+                        }
                         ObjectState::Failed(err) => return Err(GetError::Task((**err).clone())),
                         ObjectState::Pending => match &e.notify {
                             Some(n) => n.clone(),
@@ -301,7 +493,7 @@ impl ObjectTable {
             match e.state {
                 ObjectState::Pending => s.pending += 1,
                 ObjectState::Failed(_) => s.failed += 1,
-                ObjectState::Ready(_) => {}
+                ObjectState::Ready(_) | ObjectState::Spilled(_) => {}
             }
         }
         s

@@ -85,7 +85,10 @@ fn inspect_lists_signatures() {
         out.contains("divide(a: i64, b: i64) -> Result<i64, MathError>"),
         "{out}"
     );
-    assert!(out.contains("ABI version 1"), "{out}");
+    assert!(
+        out.contains(&format!("ABI version {}", ferry::ABI_VERSION)),
+        "{out}"
+    );
     let json = stdout(&ferry(&[
         "inspect",
         "--json",

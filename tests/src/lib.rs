@@ -25,6 +25,7 @@ pub fn test_config(dir: &Path) -> ferry::NodeConfig {
         time_limit: std::time::Duration::from_secs(20),
         memory_limit: 64 << 20,
         max_instances: 256,
+        spill_dir: Some(dir.join("spill")),
         ..ferry::NodeConfig::default()
     }
 }

@@ -46,19 +46,29 @@ const FUNCTIONS: &[(&str, &str)] = &[
     (i32.store8 (i32.const 8193) (i32.wrap_i64 (call $take (i32.const -1) (i32.const 100))))
     ;; a value outside memory, then an out-pointer outside memory
     (i32.store8 (i32.const 8194)
-      (call $put (i32.const -100) (i32.const 1000) (i32.const 0) (i32.const 0) (i32.const 0)))
+      (call $put (i32.const -100) (i32.const 1000) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))
     (i32.store8 (i32.const 8195)
-      (call $put (i32.const 0) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const -3)))
+      (call $put (i32.const 0) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -3)))
     ;; an id it was never given, read and then put inside a value
     (i32.store8 (i32.const 8196) (i32.wrap_i64 (call $get (i32.const 4096) (i64.const 0))))
     (i32.store8 (i32.const 8197)
-      (call $put (i32.const 0) (i32.const 4) (i32.const 4096) (i32.const 1) (i32.const 0)))
+      (call $put (i32.const 0) (i32.const 4) (i32.const 4096) (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 0)))
     ;; a call request that is not one, and a wait on two billion ids
     (i32.store8 (i32.const 8198) (call $call (i32.const 4096) (i32.const 16) (i32.const 0)))
     (i32.store8 (i32.const 8199)
       (call $wait (i32.const 0) (i32.const 2000000000) (i32.const 1) (i64.const 0) (i32.const 0)))
+    ;; a buffer list outside memory, a buffer whose bytes run past memory, buffers of objects
+    ;; it does not have, and a mapping it never got
+    (i32.store8 (i32.const 8200)
+      (call $put (i32.const 0) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const -8) (i32.const 1) (i32.const 0)))
+    (i64.store (i32.const 9000) (i64.const 0xffff0000fff00000))
+    (i32.store8 (i32.const 8201)
+      (call $put (i32.const 0) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 9000) (i32.const 1) (i32.const 0)))
+    (i32.store8 (i32.const 8202) (call $buffer (i32.const -1) (i32.const 0) (i32.const 0)))
+    (i32.store8 (i32.const 8203) (call $read_buffer (i32.const 5) (i32.const 0) (i32.const 0)))
+    (i32.store8 (i32.const 8204) (call $release_buffer (i32.const 77)))
     (call $log (i32.const 3) (i32.const -5) (i32.const 99999))
-    (drop (call $result (i32.const 8192) (i32.const 8) (i32.const 0) (i32.const 0)))
+    (drop (call $result (i32.const 8192) (i32.const 13) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))
     (i32.const 0)"#,
     ),
     // An unknown failure kind whose message and cause lie outside memory.
@@ -72,7 +82,7 @@ const FUNCTIONS: &[(&str, &str)] = &[
     (
         "liar",
         r#"
-    (drop (call $result (i32.const 0) (i32.const 16) (i32.const 4096) (i32.const 1)))
+    (drop (call $result (i32.const 0) (i32.const 16) (i32.const 4096) (i32.const 1) (i32.const 0) (i32.const 0)))
     (i32.const 0)"#,
     ),
     // Returns success without a result.
@@ -81,7 +91,7 @@ const FUNCTIONS: &[(&str, &str)] = &[
     (
         "smuggle",
         r#"
-    (drop (call $result (local.get 0) (i32.const 16) (i32.const 0) (i32.const 0)))
+    (drop (call $result (local.get 0) (i32.const 16) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))
     (i32.const 0)"#,
     ),
 ];
@@ -99,7 +109,7 @@ fn hostile_module() -> Vec<u8> {
         ));
         funcs.push_str(&format!(
             "  (func (export \"__ferry_sig_{name}\") (result i32)\n    \
-             (call $result (i32.const {offset}) (i32.const {}) (i32.const 0) (i32.const 0)))\n",
+             (call $result (i32.const {offset}) (i32.const {}) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))\n",
             sig.len()
         ));
         offset += 1024;
@@ -115,13 +125,16 @@ fn hostile_module() -> Vec<u8> {
     );
     let text = format!(
         r#"(module
-  (@custom "ferry_abi" "\01\00\00\00")
+  (@custom "ferry_abi" "\02\00\00\00")
   (import "ferry" "get" (func $get (param i32 i64) (result i64)))
   (import "ferry" "take" (func $take (param i32 i32) (result i64)))
-  (import "ferry" "put" (func $put (param i32 i32 i32 i32 i32) (result i32)))
+  (import "ferry" "put" (func $put (param i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "ferry" "buffer" (func $buffer (param i32 i32 i32) (result i32)))
+  (import "ferry" "read_buffer" (func $read_buffer (param i32 i32 i32) (result i32)))
+  (import "ferry" "release_buffer" (func $release_buffer (param i32) (result i32)))
   (import "ferry" "call" (func $call (param i32 i32 i32) (result i32)))
   (import "ferry" "wait" (func $wait (param i32 i32 i32 i64 i32) (result i32)))
-  (import "ferry" "result" (func $result (param i32 i32 i32 i32) (result i32)))
+  (import "ferry" "result" (func $result (param i32 i32 i32 i32 i32 i32) (result i32)))
   (import "ferry" "fail" (func $fail (param i32 i32 i32 i32 i32) (result i32)))
   (import "ferry" "log" (func $log (param i32 i32 i32)))
   (memory (export "memory") 1)
@@ -142,13 +155,16 @@ async fn abi_violations_are_refused_one_by_one_and_the_node_keeps_serving() {
 
     // Every bad host call got the status it deserved (statuses are negative i32s; the guest
     // kept their low bytes).
-    let r: ObjectRef<[u8; 8]> = module.call("evil", ()).unwrap();
+    let r: ObjectRef<[u8; 13]> = module.call("evil", ()).unwrap();
     let statuses = client.get_timeout(&r, limit).await.unwrap();
     let (bad, invalid) = ((-4i32) as u8, (-3i32) as u8);
     assert_eq!(
         statuses,
-        [bad, bad, bad, bad, invalid, invalid, bad, bad],
-        "get, take, put, put(out), get(not given), put(ref not given), call, wait"
+        [
+            bad, bad, bad, bad, invalid, invalid, bad, bad, bad, bad, bad, bad, bad
+        ],
+        "get, take, put, put(out), get(not given), put(ref not given), call, wait, \
+         put(buffer list), put(buffer bytes), buffer, read_buffer, release_buffer"
     );
 
     let kind = |err: &GetError| err.task_error().map(|t| t.kind.clone());

@@ -107,14 +107,14 @@ fn modules_that_are_not_ferry_modules_are_refused_clearly() {
             load_err(&future),
             ModuleError::AbiVersion {
                 found: 99,
-                expected: 1
+                expected: ferry::ABI_VERSION
             }
         ),
         "{}",
         load_err(&future)
     );
     let foreign = wat::parse_str(
-        "(module (@custom \"ferry_abi\" \"\\01\\00\\00\\00\") (import \"env\" \"open\" (func)) \
+        "(module (@custom \"ferry_abi\" \"\\02\\00\\00\\00\") (import \"env\" \"open\" (func)) \
          (memory (export \"memory\") 1))",
     )
     .unwrap();

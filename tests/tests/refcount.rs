@@ -95,7 +95,17 @@ async fn a_put_larger_than_the_store_is_a_clear_error() {
         err.to_string().contains("larger than the object store"),
         "{err}"
     );
-    // Filling the store is a different error, and freeing makes room again.
+    // With spilling on, a full store makes room by spilling.
+    let a = client.put(&vec![0u8; 40 << 20]).unwrap();
+    let b = client.put(&vec![1u8; 40 << 20]).unwrap();
+    assert_eq!(client.location(&a), Some(ferry::ObjectLocation::Disk));
+    drop((a, b));
+
+    // Without it, filling the store is a different error, and freeing makes room again.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ferry_tests::test_config(dir.path());
+    config.spill_dir = None;
+    let client = ferry::Client::embedded_with(config).unwrap();
     let a = client.put(&vec![0u8; 40 << 20]).unwrap();
     let err = client.put(&vec![0u8; 40 << 20]).unwrap_err();
     assert!(err.to_string().contains("full"), "{err}");

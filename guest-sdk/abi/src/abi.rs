@@ -14,7 +14,7 @@ use crate::{ModuleId, ObjectId};
 
 /// The ABI version this crate speaks. A module records the version it was built against in the
 /// custom section [`ABI_SECTION`]; a host refuses modules with another version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// The custom section holding the module's ABI version as 4 little-endian bytes.
 pub const ABI_SECTION: &str = "ferry_abi";
@@ -37,10 +37,24 @@ pub const EXPORT_MEMORY: &str = "memory";
 
 /// Host import names.
 pub mod import {
-    /// `(data_ptr, data_len, refs_ptr, refs_count, out_id_ptr) -> status`
+    /// `(data_ptr, data_len, refs_ptr, refs_count, bufs_ptr, bufs_count, out_id_ptr) -> status`:
+    /// stores a value; `bufs` is an array of `(ptr: u32, len: u32)` naming its out-of-band
+    /// buffers in placeholder order
     pub const PUT: &str = "put";
-    /// `(id_ptr, timeout_ms: i64) -> i64`: the object's length (staged), or a negative status
+    /// `(id_ptr, timeout_ms: i64) -> i64`: the length of the object's metadata (staged for
+    /// `take`; its buffers are read with `buffer`), or a negative status
     pub const GET: &str = "get";
+    /// `(source, index, out_ptr) -> i32`: makes buffer `index` of an object readable. `source`
+    /// is [`super::SOURCE_LAST_GET`] for the object of the last `get`, or `k` for argument `k`.
+    /// Writes a [`super::BufferInfo`] (12 bytes) to `out`. Returns 1 if the host mapped the
+    /// buffer into guest memory at `ptr` (release it with `release_buffer(handle)`), 0 if the
+    /// guest must allocate `len` bytes and copy them with `read_buffer`, or a negative status
+    pub const BUFFER: &str = "buffer";
+    /// `(source, index, dst_ptr) -> status`: copies buffer `index` (its whole length) to `dst`
+    pub const READ_BUFFER: &str = "read_buffer";
+    /// `(handle) -> status`: unmaps a buffer mapped by `buffer` (the pages become fresh zeroed
+    /// memory the host may reuse for a later mapping) and unpins its object
+    pub const RELEASE_BUFFER: &str = "release_buffer";
     /// `(dst_ptr, dst_cap) -> i64`: the staged bytes' length; copies them into guest memory
     /// (and clears them) if they fit in `dst_cap`
     pub const TAKE: &str = "take";
@@ -48,12 +62,48 @@ pub mod import {
     pub const CALL: &str = "call";
     /// `(ids_ptr, count, num_ready, timeout_ms: i64, ready_out_ptr) -> i32`: number ready
     pub const WAIT: &str = "wait";
-    /// `(data_ptr, data_len, refs_ptr, refs_count) -> status`: the function's result
+    /// `(data_ptr, data_len, refs_ptr, refs_count, bufs_ptr, bufs_count) -> status`: the
+    /// function's result (buffers as for `put`)
     pub const RESULT: &str = "result";
     /// `(kind, message_ptr, message_len, cause_ptr, cause_len) -> status`: the function failed
     pub const FAIL: &str = "fail";
     /// `(level, message_ptr, message_len)`
     pub const LOG: &str = "log";
+}
+
+/// The `source` of `buffer`/`read_buffer` that names the object of the last `get`.
+pub const SOURCE_LAST_GET: i32 = -1;
+
+/// What `buffer` writes: three little-endian `u32`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BufferInfo {
+    /// Where the buffer was mapped (0 when the guest must copy it).
+    pub ptr: u32,
+    /// The buffer's length.
+    pub len: u32,
+    /// The mapping's handle for `release_buffer` (0 when not mapped).
+    pub handle: u32,
+}
+
+impl BufferInfo {
+    /// The 12 bytes the host writes.
+    pub fn to_bytes(self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[..4].copy_from_slice(&self.ptr.to_le_bytes());
+        b[4..8].copy_from_slice(&self.len.to_le_bytes());
+        b[8..].copy_from_slice(&self.handle.to_le_bytes());
+        b
+    }
+
+    /// Reads the 12 bytes back.
+    pub fn from_bytes(b: [u8; 12]) -> Self {
+        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Self {
+            ptr: word(0),
+            len: word(4),
+            handle: word(8),
+        }
+    }
 }
 
 /// Status codes returned by host functions (negative) and shims (non-zero).

@@ -4,6 +4,7 @@
 //! (`ferry-guest`) each depend on this crate and never on each other. It holds
 //!
 //! - the ids ([`ObjectId`], [`ModuleId`]) and the wire form of an [`ObjectRef`];
+//! - out-of-band buffers ([`Blob`], [`Buffer`]) whose bytes travel beside a value, not in it;
 //! - typed call handles ([`RemoteFn`]) and the argument traits ([`Arg`], [`IntoArgs`]) that make
 //!   a wrong argument type a compile error on either side;
 //! - the guest ABI: import and export names, status codes, and the messages that cross the
@@ -18,12 +19,17 @@ extern crate alloc;
 
 pub mod abi;
 mod args;
+mod blob;
 mod ids;
 #[cfg(feature = "manifest")]
 pub mod manifest;
 mod object_ref;
 
 pub use args::{Arg, ArgSink, IntoArgs, RemoteFn, UntypedArgs};
+pub use blob::{
+    BLOB_SERDE_NAME, Blob, BlobHooks, BlobStorage, Buffer, BufferLengthError, Element, StorageKind,
+    blob_hooks, install_blob_hooks, is_buffer_name,
+};
 pub use ids::{ModuleId, ObjectId, ParseIdError};
 pub use object_ref::{ObjectRef, RefHooks, install_ref_hooks, installed_ref_hooks};
 

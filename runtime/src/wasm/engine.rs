@@ -43,6 +43,9 @@ impl WasmEngine {
             .decommit_batch_size(32);
         let mut cfg = Config::new();
         cfg.epoch_interruption(true)
+            // Store buffers are mapped into linear memory at fixed addresses (wasm/windows.rs):
+            // memory must never be moved to grow it.
+            .memory_may_move(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&cfg)?;
 

@@ -13,11 +13,12 @@ use ferry_abi::abi::{self, CallRequest, status};
 use ferry_abi::{ModuleId, ObjectId};
 use wasmtime::{Caller, Linker, Memory};
 
-use crate::error::GetError;
+use crate::error::{GetError, StoreError};
 use crate::node::NodeInner;
 use crate::objects::{ObjectState, ObjectTable};
-use crate::store::Sealed;
+use crate::store::{Layout, Sealed};
 use crate::wasm::engine::MemoryLimiter;
+use crate::wasm::windows::Windows;
 
 /// Longest message (panic, error, log line) kept from a guest.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -25,6 +26,8 @@ const MAX_MESSAGE: usize = 64 * 1024;
 const MAX_WAIT_IDS: u32 = 100_000;
 /// Largest encoded error value (`cause`) kept from a guest.
 const MAX_CAUSE: usize = 1 << 20;
+/// Most out-of-band buffers one value may have.
+const MAX_BUFFERS: u32 = 1 << 16;
 
 /// What a guest reported through `fail`.
 #[derive(Debug, Clone)]
@@ -56,7 +59,7 @@ impl Staged {
     fn bytes(&self) -> &[u8] {
         match self {
             Staged::Empty => &[],
-            Staged::Object(s) => s.bytes(),
+            Staged::Object(s) => s.meta(),
             Staged::Message(m) => m,
         }
     }
@@ -115,6 +118,14 @@ pub struct TaskState {
     /// Refs this task may use; each holds one reference count until the task ends.
     pub granted: HashSet<ObjectId>,
     staged: Staged,
+    /// The object of the last `get`, whose buffers the guest reads next.
+    last_object: Option<Arc<Sealed>>,
+    /// The objects behind arguments passed by ref, by position, for reading their buffers.
+    pub arg_objects: Vec<Option<Arc<Sealed>>>,
+    /// Buffers mapped into the guest's memory.
+    pub windows: Windows,
+    /// Buffers at least this large are mapped rather than copied.
+    pub map_threshold: u64,
     /// The result the guest handed over, sealed in the store, with the refs it contains.
     pub result: Option<(Arc<Sealed>, Vec<ObjectId>)>,
     /// The result bytes while reading a manifest (there is no store then).
@@ -145,6 +156,10 @@ impl TaskState {
             memory: None,
             granted: HashSet::new(),
             staged: Staged::Empty,
+            last_object: None,
+            arg_objects: Vec::new(),
+            windows: Windows::default(),
+            map_threshold: u64::MAX,
             result: None,
             raw_result: None,
             failure: None,
@@ -253,6 +268,61 @@ fn write_guest(data: &mut [u8], ptr: i32, bytes: &[u8]) -> bool {
     }
 }
 
+/// The `(ptr, len)` pairs of a buffer list, each checked against the guest's memory.
+fn guest_buffers(data: &[u8], ptr: i32, count: i32) -> Option<Vec<std::ops::Range<usize>>> {
+    let n = count as u32 as usize;
+    let table = data.get(range(ptr, n.checked_mul(8)?)?)?;
+    table
+        .chunks_exact(8)
+        .map(|c| {
+            let p = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize;
+            let l = u32::from_le_bytes([c[4], c[5], c[6], c[7]]) as usize;
+            let r = p..p.checked_add(l)?;
+            data.get(r.clone())?;
+            Some(r)
+        })
+        .collect()
+}
+
+/// Stores a value a guest encoded (metadata plus buffers, all in its memory) as one object:
+/// each byte is copied once, from guest memory into the store.
+fn seal_from_guest(
+    node: &NodeInner,
+    data: &[u8],
+    meta: &[u8],
+    buffers: &[std::ops::Range<usize>],
+) -> Result<Arc<Sealed>, StoreError> {
+    let lens: Vec<usize> = buffers.iter().map(|r| r.len()).collect();
+    let layout = Layout::plan(meta.len(), &lens).ok_or(StoreError::TooLarge {
+        len: u64::MAX,
+        capacity: node.objects.store().stats().capacity,
+    })?;
+    let mut block = node.objects.allocate(layout)?;
+    let (meta_dst, buf_dst) = block.parts_mut();
+    meta_dst.copy_from_slice(meta);
+    for (dst, src) in buf_dst.into_iter().zip(buffers) {
+        dst.copy_from_slice(&data[src.clone()]);
+    }
+    Ok(block.seal())
+}
+
+/// The object a `buffer`/`read_buffer` source names.
+fn buffer_source(st: &mut TaskState, source: i32) -> Result<Arc<Sealed>, i32> {
+    let object = if source == abi::SOURCE_LAST_GET {
+        st.last_object.clone()
+    } else {
+        usize::try_from(source)
+            .ok()
+            .and_then(|k| st.arg_objects.get(k).cloned().flatten())
+    };
+    object.ok_or_else(|| {
+        st.refuse(
+            status::BAD_REQUEST,
+            format!("buffer source {source} names no object with buffers"),
+        )
+    })
+}
+
 fn timeout(ms: i64) -> Option<Duration> {
     u64::try_from(ms).ok().map(Duration::from_millis)
 }
@@ -302,6 +372,8 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
          len: i32,
          refs: i32,
          nrefs: i32,
+         bufs: i32,
+         nbufs: i32,
          out: i32|
          -> wasmtime::Result<i32> {
             let mem = try_status!(memory(&mut caller));
@@ -314,10 +386,19 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
             let Some(bytes) = guest_bytes(mem_data, data, len) else {
                 return Ok(out_of_bounds(st, "the value"));
             };
+            if nbufs as u32 > MAX_BUFFERS {
+                return Ok(st.refuse(
+                    status::BAD_REQUEST,
+                    format!("a value may have at most {MAX_BUFFERS} buffers"),
+                ));
+            }
+            let Some(buffers) = guest_buffers(mem_data, bufs, nbufs) else {
+                return Ok(out_of_bounds(st, "a buffer"));
+            };
             if range(out, 16).and_then(|r| mem_data.get(r)).is_none() {
                 return Ok(out_of_bounds(st, "the id out-pointer"));
             }
-            let sealed = match node.store.put_bytes(bytes) {
+            let sealed = match seal_from_guest(&node, mem_data, bytes, &buffers) {
                 Ok(s) => s,
                 Err(e) => return Ok(st.refuse(status::STORE_FULL, e.to_string())),
             };
@@ -364,7 +445,9 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                         for c in node.objects.contained(id) {
                             st.grant(&node.objects, c);
                         }
-                        let len = sealed.len() as i64;
+                        let len = sealed.layout().meta_len as i64;
+                        st.last_object =
+                            (!sealed.layout().buffers.is_empty()).then(|| sealed.clone());
                         st.staged = Staged::Object(sealed);
                         len
                     }
@@ -498,12 +581,114 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
 
     l.func_wrap(
         m,
+        abi::import::BUFFER,
+        |mut caller: Caller<'_, TaskState>,
+         source: i32,
+         index: i32,
+         out: i32|
+         -> wasmtime::Result<i32> {
+            let mem = try_status!(memory(&mut caller));
+            let (mem_data, st) = mem.data_and_store_mut(&mut caller);
+            if range(out, 12).and_then(|r| mem_data.get(r)).is_none() {
+                return Ok(out_of_bounds(st, "the buffer info out-pointer"));
+            }
+            let object = try_status!(buffer_source(st, source));
+            let Some(b) = object.layout().buffers.get(index as u32 as usize).copied() else {
+                return Ok(st.refuse(
+                    status::BAD_REQUEST,
+                    format!("the object has no buffer {index}"),
+                ));
+            };
+            let Ok(len) = u32::try_from(b.len) else {
+                return Ok(st.refuse(
+                    status::BAD_REQUEST,
+                    format!("a {}-byte buffer does not fit in a 32-bit guest", b.len),
+                ));
+            };
+            let mut info = abi::BufferInfo {
+                ptr: 0,
+                len,
+                handle: 0,
+            };
+            let mut mapped = 0;
+            if b.len >= st.map_threshold.max(crate::store::alloc::PAGE) {
+                match Windows::map(
+                    &mut caller,
+                    |s: &mut TaskState| &mut s.windows,
+                    mem,
+                    &object,
+                    index as u32 as usize,
+                ) {
+                    Ok((ptr, handle)) => {
+                        info.ptr = ptr;
+                        info.handle = handle;
+                        mapped = 1;
+                    }
+                    Err(why) => tracing::debug!(
+                        target: "ferry::store",
+                        "copying a {}-byte buffer into the guest instead of mapping it: {why}",
+                        b.len
+                    ),
+                }
+            }
+            let (mem_data, st) = mem.data_and_store_mut(&mut caller);
+            if !write_guest(mem_data, out, &info.to_bytes()) {
+                return Ok(out_of_bounds(st, "the buffer info out-pointer"));
+            }
+            Ok(mapped)
+        },
+    )?;
+
+    l.func_wrap(
+        m,
+        abi::import::READ_BUFFER,
+        |mut caller: Caller<'_, TaskState>,
+         source: i32,
+         index: i32,
+         dst: i32|
+         -> wasmtime::Result<i32> {
+            let mem = try_status!(memory(&mut caller));
+            let (mem_data, st) = mem.data_and_store_mut(&mut caller);
+            let object = try_status!(buffer_source(st, source));
+            let Some(bytes) = object.buffer(index as u32 as usize) else {
+                return Ok(st.refuse(
+                    status::BAD_REQUEST,
+                    format!("the object has no buffer {index}"),
+                ));
+            };
+            if !write_guest(mem_data, dst, bytes) {
+                return Ok(out_of_bounds(st, "the buffer's destination"));
+            }
+            Ok(status::OK)
+        },
+    )?;
+
+    l.func_wrap(
+        m,
+        abi::import::RELEASE_BUFFER,
+        |mut caller: Caller<'_, TaskState>, handle: i32| -> wasmtime::Result<i32> {
+            let st = caller.data_mut();
+            if st.windows.release(handle as u32) {
+                Ok(status::OK)
+            } else {
+                Ok(st.refuse(
+                    status::BAD_REQUEST,
+                    format!("no mapped buffer has handle {handle}"),
+                ))
+            }
+        },
+    )?;
+
+    l.func_wrap(
+        m,
         abi::import::RESULT,
         |mut caller: Caller<'_, TaskState>,
          data: i32,
          len: i32,
          refs: i32,
-         nrefs: i32|
+         nrefs: i32,
+         bufs: i32,
+         nbufs: i32|
          -> wasmtime::Result<i32> {
             let mem = try_status!(memory(&mut caller));
             let (mem_data, st) = mem.data_and_store_mut(&mut caller);
@@ -521,9 +706,25 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                 let code = out_of_bounds(st, "the result");
                 return Ok(st.refuse_result(code));
             };
+            if nbufs as u32 > MAX_BUFFERS {
+                let code = st.refuse(
+                    status::BAD_REQUEST,
+                    format!("a value may have at most {MAX_BUFFERS} buffers"),
+                );
+                return Ok(st.refuse_result(code));
+            }
+            let Some(buffers) = guest_buffers(mem_data, bufs, nbufs) else {
+                let code = out_of_bounds(st, "a buffer of the result");
+                return Ok(st.refuse_result(code));
+            };
             match &st.node {
-                None => st.raw_result = Some(bytes.to_vec()),
-                Some(node) => match node.store.put_bytes(bytes) {
+                None if buffers.is_empty() => st.raw_result = Some(bytes.to_vec()),
+                None => {
+                    let code =
+                        st.refuse(status::BAD_REQUEST, "a manifest cannot have buffers".into());
+                    return Ok(st.refuse_result(code));
+                }
+                Some(node) => match seal_from_guest(node, mem_data, bytes, &buffers) {
                     Ok(sealed) => st.result = Some((sealed, ids)),
                     Err(e) => {
                         let code = st.refuse(status::STORE_FULL, e.to_string());
@@ -609,4 +810,7 @@ pub const IMPORTS: &[&str] = &[
     abi::import::RESULT,
     abi::import::FAIL,
     abi::import::LOG,
+    abi::import::BUFFER,
+    abi::import::READ_BUFFER,
+    abi::import::RELEASE_BUFFER,
 ];

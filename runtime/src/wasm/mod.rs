@@ -5,6 +5,7 @@ mod engine;
 mod host;
 mod module;
 mod task;
+mod windows;
 
 pub use engine::WasmEngine;
 pub use module::{LoadedModule, ModuleRegistry, ModuleStats, module_id};

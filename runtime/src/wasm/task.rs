@@ -119,21 +119,25 @@ async fn execute<'a>(
     granted: &mut Vec<ObjectId>,
     slot: &mut Option<tokio::sync::SemaphorePermit<'a>>,
 ) -> Outcome {
-    // 1. Top-level refs become values: wait for each and splice its bytes into the argument
+    // 1. Top-level refs become values: wait for each and splice its metadata into the argument
     //    buffer. postcard encodes a tuple as its fields one after another, so the buffer is
-    //    the encoding of the whole parameter tuple.
+    //    the encoding of the whole parameter tuple. An argument's out-of-band buffers stay in
+    //    the store; the guest reads them by argument position (`buffer(k, i)`).
     let mut args = Vec::new();
     let mut grants = Vec::new();
+    let mut arg_objects = Vec::with_capacity(spec.args.len());
     for (i, a) in spec.args.iter().enumerate() {
         match a {
             CallArg::Value { bytes, refs } => {
                 args.extend_from_slice(bytes);
                 grants.extend_from_slice(refs);
+                arg_objects.push(None);
             }
             CallArg::Object(id) => match node.objects.wait_ready(*id, None).await {
                 Ok(sealed) => {
-                    args.extend_from_slice(sealed.bytes());
+                    args.extend_from_slice(sealed.meta());
                     grants.extend(node.objects.contained(*id));
+                    arg_objects.push((!sealed.layout().buffers.is_empty()).then_some(sealed));
                 }
                 Err(GetError::Task(upstream)) => {
                     let root = match &upstream.kind {
@@ -180,8 +184,14 @@ async fn execute<'a>(
     for g in grants {
         state.grant(&node.objects, g);
     }
+    state.arg_objects = arg_objects;
+    state.map_threshold = node.config.map_threshold;
     let mut store = new_store(&module, state);
     let outcome = run_in_store(&mut store, &module, &spec.function, &args).await;
+    // Buffers mapped into the guest go before its memory returns to the pool. (If this future
+    // is dropped instead, dropping the store drops its data, and with it the windows, before
+    // its instances.)
+    store.data_mut().windows.restore_all();
     let state = store.into_data();
     granted.extend(state.granted.iter().copied());
     let limits = (state.time_limit, state.limiter.limit as u64);

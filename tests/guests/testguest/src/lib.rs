@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use ferry_guest::prelude::*;
+use ferry_guest::{Blob, Buffer, StorageKind};
 use serde::{Deserialize, Serialize};
 
 #[remote]
@@ -221,4 +222,107 @@ pub fn shapes(n: u32) -> Vec<Shape> {
             },
         })
         .collect()
+}
+
+// ---- Out-of-band buffers ----
+
+/// Sums a blob's bytes; says whether the host mapped it into memory (no copy).
+#[remote]
+pub fn blob_sum(data: Blob) -> (u64, bool) {
+    let sum = data.iter().map(|&b| u64::from(b)).sum();
+    (sum, data.storage_kind() == StorageKind::GuestMapping)
+}
+
+/// Gets a blob from inside the guest; sums it and says whether it was mapped. (The ref is in
+/// a `Vec` so that it stays a ref: a top-level ref would be resolved by value.)
+#[remote]
+pub fn get_blob_sum(r: Vec<ObjectRef<Blob>>) -> Result<(u64, bool), Error> {
+    let data = r[0].get()?;
+    Ok(blob_sum_inner(&data))
+}
+
+fn blob_sum_inner(data: &Blob) -> (u64, bool) {
+    let sum = data.iter().map(|&b| u64::from(b)).sum();
+    (sum, data.storage_kind() == StorageKind::GuestMapping)
+}
+
+/// Overwrites every byte of its (possibly mapped) view with `fill` and returns the new sum.
+#[remote]
+pub fn scribble(mut data: Blob, fill: u8) -> (u64, bool) {
+    let mapped = data.storage_kind() == StorageKind::GuestMapping;
+    data.as_mut_slice().fill(fill);
+    (blob_sum_inner(&data).0, mapped)
+}
+
+/// Maps a blob and leaks the mapping (never releases it): the host must still clean up.
+#[remote]
+pub fn leak_mapping(data: Blob) -> bool {
+    let mapped = data.storage_kind() == StorageKind::GuestMapping;
+    std::mem::forget(data);
+    mapped
+}
+
+/// Maps a blob, then traps.
+#[remote]
+pub fn map_then_trap(data: Blob) -> u64 {
+    let first = u64::from(data.first().copied().unwrap_or(0));
+    if first != 1234 {
+        #[cfg(target_arch = "wasm32")]
+        core::arch::wasm32::unreachable();
+        #[cfg(not(target_arch = "wasm32"))]
+        unreachable!("map_then_trap");
+    }
+    first
+}
+
+/// Grows memory by `pages` Wasm pages and checks every new byte is zero (a recycled instance
+/// must never see an earlier task's mapped object).
+#[cfg(target_arch = "wasm32")]
+#[remote]
+pub fn fresh_memory_is_zero(pages: u32) -> bool {
+    let old = core::arch::wasm32::memory_grow(0, pages as usize);
+    assert!(old != usize::MAX, "memory.grow failed");
+    let start = old * 65536;
+    let len = pages as usize * 65536;
+    // SAFETY: the range was just added to this instance's memory by `memory.grow`; nothing
+    // else uses it.
+    let bytes = unsafe { std::slice::from_raw_parts(start as *const u8, len) };
+    bytes.iter().all(|&b| b == 0)
+}
+
+/// A matrix with its numbers out of band.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Matrix {
+    pub rows: u32,
+    pub cols: u32,
+    pub data: Buffer<f32>,
+    pub labels: Buffer<u64>,
+}
+
+/// Builds a `rows x cols` matrix whose element `i` is `i as f32`.
+#[remote]
+pub fn make_matrix(rows: u32, cols: u32) -> Matrix {
+    let n = rows as usize * cols as usize;
+    Matrix {
+        rows,
+        cols,
+        data: Buffer::new((0..n).map(|i| i as f32).collect()),
+        labels: Buffer::new((0..rows as u64).collect()),
+    }
+}
+
+/// Sums a matrix's elements and labels.
+#[remote]
+pub fn matrix_sum(m: Matrix) -> (f64, u64) {
+    (
+        m.data.iter().map(|&x| f64::from(x)).sum(),
+        m.labels.iter().sum(),
+    )
+}
+
+/// Passes a blob to a nested call by value (the SDK stores it as an object of its own).
+#[remote]
+pub fn nested_blob_sum(data: Blob) -> Result<u64, Error> {
+    let r = ferry_guest::call(blob_sum::REMOTE, (data,))?;
+    Ok(r.get()?.0)
 }
