@@ -3,12 +3,15 @@
 //! baselines measured in the same run.
 //!
 //! Run with `cargo run --release -p ferry-bench` (add test names to run only those, and
-//! `--quick` for short repetitions). Figures are recorded in `docs/benchmarks.md`.
+//! `--quick` for short repetitions); `cargo run --release -p ferry-bench -- store` runs the
+//! object store suite (large puts against memcpy, gets, guest mapping, spilling). Figures are recorded in `docs/benchmarks.md`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferry::{Client, NodeConfig, ObjectRef};
+
+mod store;
 
 const GUEST: &[u8] = include_bytes!(env!("BENCH_GUEST_WASM"));
 
@@ -65,6 +68,10 @@ fn main() -> anyhow::Result<()> {
         .map(String::as_str)
         .collect();
     let wanted = |name: &str| only.is_empty() || only.contains(&name);
+    // The store suite needs a few GiB of memory and a minute: only when asked for.
+    if only.contains(&"store") {
+        return store::run(GUEST, quick);
+    }
     let s = Settings {
         reps: if quick { 2 } else { 5 },
         rep_time: if quick {

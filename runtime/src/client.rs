@@ -102,6 +102,24 @@ impl Client {
         Ok(ObjectRef::adopt(id))
     }
 
+    /// Stores an object already encoded (postcard metadata plus buffers), as the CLI does with
+    /// values converted from JSON. Such an object holds no refs.
+    pub fn put_encoded(&self, object: &EncodedObject) -> Result<ObjectRef<()>, PutError> {
+        let inner = self.inner();
+        let lens: Vec<usize> = object.buffers.iter().map(Vec::len).collect();
+        let layout = crate::store::Layout::plan(object.meta.len(), &lens)
+            .ok_or_else(|| PutError::Serialize("the buffers overflow the address space".into()))?;
+        let mut block = inner.objects.allocate(layout)?;
+        let (meta, buffers) = block.parts_mut();
+        meta.copy_from_slice(&object.meta);
+        for (dst, src) in buffers.into_iter().zip(&object.buffers) {
+            dst.copy_from_slice(src);
+        }
+        let id = inner.ids.next();
+        inner.objects.insert_ready(id, block.seal(), Vec::new(), 1);
+        Ok(ObjectRef::adopt(id))
+    }
+
     /// Waits for the object and returns its value.
     pub async fn get<T: DeserializeOwned>(&self, r: &ObjectRef<T>) -> Result<T, GetError> {
         self.get_opt(r, None).await

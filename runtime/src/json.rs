@@ -8,7 +8,7 @@
 //! `{"Variant": ...}`, tuples and arrays are arrays, `Option` is `null` or the value, and an
 //! `ObjectRef` is its 16 id bytes as an array.
 
-use ferry_abi::abi::CallArg;
+use crate::client::EncodedObject;
 use ferry_abi::manifest::{FunctionSig, TypeDesc};
 use serde::de::DeserializeSeed;
 use serde_json::Value;
@@ -85,8 +85,9 @@ fn format_of(sig: &FunctionSig, ty: &TypeDesc) -> Result<Format, JsonError> {
     })
 }
 
-/// Encodes JSON arguments (one JSON text per parameter) as call arguments.
-pub fn args_from_json(sig: &FunctionSig, args: &[String]) -> Result<Vec<CallArg>, JsonError> {
+/// Encodes JSON arguments (one JSON text per parameter), each as postcard metadata plus the
+/// out-of-band buffers its `Blob`s and `Buffer`s became (JSON arrays of numbers).
+pub fn args_from_json(sig: &FunctionSig, args: &[String]) -> Result<Vec<EncodedObject>, JsonError> {
     if args.len() != sig.params.len() {
         return Err(JsonError::Count {
             function: sig.name.clone(),
@@ -103,17 +104,22 @@ pub fn args_from_json(sig: &FunctionSig, args: &[String]) -> Result<Vec<CallArg>
             source,
         })?;
         let format = format_of(sig, &param.ty)?;
-        let value = unit_variants(value, &format, &registry, Direction::In);
-        let bytes = encode(&value, &format, &registry).map_err(|message| JsonError::Mismatch {
+        let mismatch = |message| JsonError::Mismatch {
             function: sig.name.clone(),
             argument: i + 1,
             name: param.name.clone(),
             ty: param.ty.rust.clone(),
             message,
-        })?;
-        out.push(CallArg::Value {
-            bytes,
-            refs: Vec::new(),
+        };
+        let mut b = Buffers::default();
+        let value = unit_variants(value, &format, &registry, Direction::In, &mut b);
+        if let Some(message) = b.error {
+            return Err(mismatch(message));
+        }
+        let meta = encode(&value, &format, &registry).map_err(mismatch)?;
+        out.push(EncodedObject {
+            meta,
+            buffers: b.collected,
         });
     }
     Ok(out)
@@ -146,16 +152,25 @@ fn decode(bytes: &[u8], format: Format, registry: &Registry) -> Result<Value, St
     ctx.deserialize(&mut de).map_err(|e| e.to_string())
 }
 
-/// Decodes a function's result as JSON.
-pub fn result_to_json(sig: &FunctionSig, bytes: &[u8]) -> Result<Value, JsonError> {
+/// Decodes a function's result as JSON (its buffers as arrays of numbers).
+pub fn result_to_json(sig: &FunctionSig, object: &EncodedObject) -> Result<Value, JsonError> {
     let format = format_of(sig, &sig.result)?;
     let registry = sig.registry();
-    let value = decode(bytes, format.clone(), &registry).map_err(|message| JsonError::Result {
+    let error = |message| JsonError::Result {
         function: sig.name.clone(),
         ty: sig.result.rust.clone(),
         message,
-    })?;
-    Ok(unit_variants(value, &format, &registry, Direction::Out))
+    };
+    let value = decode(&object.meta, format.clone(), &registry).map_err(error)?;
+    let mut b = Buffers {
+        stored: &object.buffers,
+        ..Buffers::default()
+    };
+    let value = unit_variants(value, &format, &registry, Direction::Out, &mut b);
+    match b.error {
+        Some(message) => Err(error(message)),
+        None => Ok(value),
+    }
 }
 
 /// Decodes the cause of a function's `Err` as JSON, if the function has a traced error type.
@@ -164,7 +179,113 @@ pub fn cause_to_json(sig: &FunctionSig, bytes: &[u8]) -> Option<Value> {
     let format = ty.format().ok()?;
     let registry = sig.registry();
     let value = decode(bytes, format.clone(), &registry).ok()?;
-    Some(unit_variants(value, &format, &registry, Direction::Out))
+    Some(unit_variants(
+        value,
+        &format,
+        &registry,
+        Direction::Out,
+        &mut Buffers::default(),
+    ))
+}
+
+/// Out-of-band buffers met while converting: a `Blob` or `Buffer<T>` is a JSON array of
+/// numbers (bytes, or `T`s), and a placeholder index in the postcard stream.
+#[derive(Default)]
+struct Buffers<'a> {
+    /// The buffers of the object being shown (`Direction::Out`).
+    stored: &'a [Vec<u8>],
+    /// The buffers of the value being encoded (`Direction::In`).
+    collected: Vec<Vec<u8>>,
+    /// The first conversion that failed.
+    error: Option<String>,
+}
+
+/// The element type of a buffer type's serde name (`ferry::Blob` holds bytes).
+fn element_of(name: &str) -> &str {
+    name.strip_prefix("ferry::Buffer<")
+        .and_then(|r| r.strip_suffix('>'))
+        .unwrap_or("u8")
+}
+
+macro_rules! numbers {
+    ($elem:expr, $bytes:expr, $($t:ty),*) => {
+        match $elem {
+            $(stringify!($t) => Some(
+                $bytes
+                    .chunks_exact(std::mem::size_of::<$t>())
+                    .map(|c| serde_json::json!(<$t>::from_le_bytes(c.try_into().unwrap_or_default())))
+                    .collect::<Vec<Value>>(),
+            ),)*
+            _ => None,
+        }
+    };
+}
+
+macro_rules! to_bytes {
+    ($elem:expr, $items:expr, $($t:ty => $get:ident),*) => {
+        match $elem {
+            $(stringify!($t) => $items
+                .iter()
+                .map(|v| {
+                    v.$get()
+                        .and_then(|n| <$t>::try_from(n).ok())
+                        .map(|n| n.to_le_bytes().to_vec())
+                        .ok_or_else(|| format!("{v} is not a {}", stringify!($t)))
+                })
+                .collect::<Result<Vec<Vec<u8>>, String>>()
+                .map(|v| v.concat()),)*
+            "f32" => $items
+                .iter()
+                .map(|v| v.as_f64().map(|x| (x as f32).to_le_bytes().to_vec())
+                    .ok_or_else(|| format!("{v} is not a number")))
+                .collect::<Result<Vec<Vec<u8>>, String>>()
+                .map(|v| v.concat()),
+            "f64" => $items
+                .iter()
+                .map(|v| v.as_f64().map(|x| x.to_le_bytes().to_vec())
+                    .ok_or_else(|| format!("{v} is not a number")))
+                .collect::<Result<Vec<Vec<u8>>, String>>()
+                .map(|v| v.concat()),
+            other => Err(format!("unknown buffer element type {other}")),
+        }
+    };
+}
+
+impl Buffers<'_> {
+    fn convert(&mut self, name: &str, value: Value, dir: Direction) -> Value {
+        let elem = element_of(name);
+        let converted = match dir {
+            Direction::Out => {
+                let index = value.as_u64().unwrap_or(u64::MAX) as usize;
+                match self.stored.get(index) {
+                    None => Err(format!(
+                        "the value refers to a buffer {index} it does not have"
+                    )),
+                    Some(bytes) => {
+                        numbers!(elem, bytes, u8, i8, u16, i16, u32, i32, u64, i64, f32, f64)
+                            .map(Value::Array)
+                            .ok_or_else(|| format!("unknown buffer element type {elem}"))
+                    }
+                }
+            }
+            Direction::In => match &value {
+                Value::Array(items) => to_bytes!(elem, items,
+                    u8 => as_u64, i8 => as_i64, u16 => as_u64, i16 => as_i64,
+                    u32 => as_u64, i32 => as_i64, u64 => as_u64, i64 => as_i64)
+                .map(|bytes| {
+                    self.collected.push(bytes);
+                    Value::from(self.collected.len() - 1)
+                }),
+                other => Err(format!(
+                    "a {name} is given as an array of numbers, not {other}"
+                )),
+            },
+        };
+        converted.unwrap_or_else(|e| {
+            self.error.get_or_insert(e);
+            Value::Null
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -177,35 +298,44 @@ enum Direction {
 
 /// Converts unit enum variants between serde_json's spelling (`"Variant"`) and the
 /// converter's (`{"Variant": null}`), everywhere in `value` that `format` says is an enum.
-fn unit_variants(value: Value, format: &Format, registry: &Registry, dir: Direction) -> Value {
+fn unit_variants(
+    value: Value,
+    format: &Format,
+    registry: &Registry,
+    dir: Direction,
+    b: &mut Buffers<'_>,
+) -> Value {
     match (format, value) {
+        (Format::TypeName(name), value) if ferry_abi::is_buffer_name(name) => {
+            b.convert(name, value, dir)
+        }
         (Format::TypeName(name), value) => match registry.get(name) {
-            Some(container) => container_units(value, container, registry, dir),
+            Some(container) => container_units(value, container, registry, dir, b),
             None => value,
         },
-        (Format::Option(inner), v) if !v.is_null() => unit_variants(v, inner, registry, dir),
+        (Format::Option(inner), v) if !v.is_null() => unit_variants(v, inner, registry, dir, b),
         (Format::Seq(inner), Value::Array(items)) => Value::Array(
             items
                 .into_iter()
-                .map(|v| unit_variants(v, inner, registry, dir))
+                .map(|v| unit_variants(v, inner, registry, dir, b))
                 .collect(),
         ),
         (Format::TupleArray { content, .. }, Value::Array(items)) => Value::Array(
             items
                 .into_iter()
-                .map(|v| unit_variants(v, content, registry, dir))
+                .map(|v| unit_variants(v, content, registry, dir, b))
                 .collect(),
         ),
         (Format::Tuple(formats), Value::Array(items)) => Value::Array(
             items
                 .into_iter()
                 .zip(formats)
-                .map(|(v, f)| unit_variants(v, f, registry, dir))
+                .map(|(v, f)| unit_variants(v, f, registry, dir, b))
                 .collect(),
         ),
         (Format::Map { value: vf, .. }, Value::Object(map)) => Value::Object(
             map.into_iter()
-                .map(|(k, v)| (k, unit_variants(v, vf, registry, dir)))
+                .map(|(k, v)| (k, unit_variants(v, vf, registry, dir, b)))
                 .collect(),
         ),
         (_, v) => v,
@@ -217,6 +347,7 @@ fn container_units(
     container: &ContainerFormat,
     registry: &Registry,
     dir: Direction,
+    b: &mut Buffers<'_>,
 ) -> Value {
     match (container, value) {
         (ContainerFormat::Enum(variants), value) => match (dir, value) {
@@ -235,15 +366,16 @@ fn container_units(
                 match &variant.value {
                     VariantFormat::Unit if dir == Direction::Out => Value::String(name),
                     VariantFormat::NewType(f) => {
-                        let p = unit_variants(payload, f, registry, dir);
+                        let p = unit_variants(payload, f, registry, dir, b);
                         Value::Object([(name, p)].into_iter().collect())
                     }
                     VariantFormat::Tuple(fs) => {
-                        let p = unit_variants(payload, &Format::Tuple(fs.clone()), registry, dir);
+                        let p =
+                            unit_variants(payload, &Format::Tuple(fs.clone()), registry, dir, b);
                         Value::Object([(name, p)].into_iter().collect())
                     }
                     VariantFormat::Struct(fields) => {
-                        let p = struct_units(payload, fields, registry, dir);
+                        let p = struct_units(payload, fields, registry, dir, b);
                         Value::Object([(name, p)].into_iter().collect())
                     }
                     _ => Value::Object([(name, payload)].into_iter().collect()),
@@ -251,10 +383,10 @@ fn container_units(
             }
             (_, v) => v,
         },
-        (ContainerFormat::Struct(fields), v) => struct_units(v, fields, registry, dir),
-        (ContainerFormat::NewTypeStruct(f), v) => unit_variants(v, f, registry, dir),
+        (ContainerFormat::Struct(fields), v) => struct_units(v, fields, registry, dir, b),
+        (ContainerFormat::NewTypeStruct(f), v) => unit_variants(v, f, registry, dir, b),
         (ContainerFormat::TupleStruct(fs), v) => {
-            unit_variants(v, &Format::Tuple(fs.clone()), registry, dir)
+            unit_variants(v, &Format::Tuple(fs.clone()), registry, dir, b)
         }
         (_, v) => v,
     }
@@ -265,13 +397,14 @@ fn struct_units(
     fields: &[Named<Format>],
     registry: &Registry,
     dir: Direction,
+    b: &mut Buffers<'_>,
 ) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.into_iter()
                 .map(|(k, v)| {
                     let v = match fields.iter().find(|f| f.name == k) {
-                        Some(f) => unit_variants(v, &f.value, registry, dir),
+                        Some(f) => unit_variants(v, &f.value, registry, dir, b),
                         None => v,
                     };
                     (k, v)

@@ -41,6 +41,10 @@ struct RunArgs {
     /// Print the result indented.
     #[arg(long)]
     pretty: bool,
+    /// After the result, print the node's figures (object store, spilling, tasks) as JSON on
+    /// standard error.
+    #[arg(long)]
+    stats: bool,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -77,6 +81,18 @@ struct NodeArgs {
     /// Memory limit of a guest instance (bytes; K, M, G suffixes allowed).
     #[arg(long, value_parser = parse_size, default_value = "1G")]
     memory_limit: u64,
+    /// Directory to spill objects to when the store is full [default: $TMPDIR/ferry-spill].
+    #[arg(long, conflicts_with = "no_spill")]
+    spill_dir: Option<PathBuf>,
+    /// Most bytes spilled at once (K, M, G suffixes allowed) [default: no limit].
+    #[arg(long, value_parser = parse_size)]
+    spill_size: Option<u64>,
+    /// Never spill: a full store fails puts at once.
+    #[arg(long)]
+    no_spill: bool,
+    /// Buffers at least this large are mapped into guests instead of copied (K, M, G).
+    #[arg(long, value_parser = parse_size, default_value = "64K")]
+    map_threshold: u64,
     /// Threads running guest code, 1 to 1024 [default: number of cores].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
@@ -88,8 +104,15 @@ impl NodeArgs {
             store_capacity: self.store_size,
             time_limit: self.time_limit,
             memory_limit: self.memory_limit,
+            spill_capacity: self.spill_size,
+            map_threshold: self.map_threshold,
             ..NodeConfig::default()
         };
+        if self.no_spill {
+            c.spill_dir = None;
+        } else if let Some(d) = &self.spill_dir {
+            c.spill_dir = Some(d.clone());
+        }
         if let Some(d) = &self.store_dir {
             c.store_dir = d.clone();
         }
@@ -193,8 +216,24 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         );
     };
     let sig = sig.clone();
-    let args = args_from_json(&sig, &a.args)?;
+    // Arguments holding buffers are stored as objects and passed by ref (the function sees
+    // the value); `held` keeps them alive until the call has taken its own counts.
+    let mut held = Vec::new();
+    let mut args = Vec::new();
+    for encoded in args_from_json(&sig, &a.args)? {
+        if encoded.buffers.is_empty() {
+            args.push(ferry::CallArg::Value {
+                bytes: encoded.meta,
+                refs: Vec::new(),
+            });
+        } else {
+            let r = client.put_encoded(&encoded)?;
+            args.push(ferry::CallArg::Object(r.id()));
+            held.push(r);
+        }
+    }
     let r: ObjectRef<()> = module.call_encoded(&a.function, args)?;
+    drop(held);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -212,13 +251,17 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let value = result_to_json(&sig, &bytes.meta)?;
+    let value = result_to_json(&sig, &bytes)?;
     let text = if a.pretty {
         serde_json::to_string_pretty(&value)?
     } else {
         serde_json::to_string(&value)?
     };
     println!("{text}");
+    if a.stats {
+        drop((r, bytes));
+        eprintln!("{}", serde_json::to_string_pretty(&client.stats())?);
+    }
     Ok(())
 }
 

@@ -144,3 +144,31 @@ fn bad_flags_are_usage_errors() {
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("inspect"));
 }
+
+#[test]
+fn run_passes_and_shows_buffers_as_json_arrays() {
+    // A Blob argument is a JSON array of bytes, stored out of band.
+    assert_eq!(stdout(&run(&["blob_sum", "[1,2,3,250]"])), "[256,false]");
+    // A result holding Buffer<f32> and Buffer<u64> shows their numbers.
+    let out = stdout(&run(&["make_matrix", "2", "3"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["data"], serde_json::json!([0.0, 1.0, 2.0, 3.0, 4.0, 5.0]));
+    assert_eq!(v["labels"], serde_json::json!([0, 1]));
+    // And back in: a matrix given as JSON.
+    let m = r#"{"rows":1,"cols":2,"data":[1.5,2.5],"labels":[7]}"#;
+    assert_eq!(stdout(&run(&["matrix_sum", m])), "[4.0,7]");
+    // A byte out of range is a clear, one-line error.
+    let err = error_line(&run(&["blob_sum", "[1,256]"]));
+    assert!(err.contains("256 is not a u8"), "{err}");
+}
+
+#[test]
+fn run_prints_the_store_figures_on_request() {
+    let o = run(&["make_bytes", "10", "1", "--stats"]);
+    assert!(o.status.success());
+    let stats: serde_json::Value =
+        serde_json::from_slice(&o.stderr).expect("the figures are JSON on stderr");
+    assert!(stats["store"]["capacity"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["store"]["spill"]["spilled_total"].is_u64(), "{stats}");
+    assert!(stats["store"]["pinned_bytes"].is_u64(), "{stats}");
+}
