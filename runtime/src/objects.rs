@@ -122,6 +122,17 @@ impl ObjectTable {
         self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The entry of `id`, marked as just used (for choosing what to spill).
+    fn touch<'t>(
+        &self,
+        t: &'t mut HashMap<ObjectId, Entry>,
+        id: ObjectId,
+    ) -> Result<&'t mut Entry, GetError> {
+        let e = t.get_mut(&id).ok_or(GetError::ObjectLost { id })?;
+        e.last_used = self.tick();
+        Ok(e)
+    }
+
     /// The store.
     pub fn store(&self) -> &ObjectStore {
         &self.store
@@ -131,10 +142,14 @@ impl ObjectTable {
     /// are spilled to disk (least recently used first) until the object fits; if nothing more
     /// can be spilled the store's `Full` error is returned and nothing stored is lost.
     pub fn allocate(&self, layout: Layout) -> Result<Block, StoreError> {
+        // Each round spills or finds something busy; the bound only stops a reader that keeps
+        // re-pinning the chosen objects from holding a put up forever.
+        let mut rounds = 0;
         loop {
             match self.store.allocate_object(layout.clone()) {
                 Err(full @ StoreError::Full { .. }) => {
-                    if !self.spill_some(layout.total_len()) {
+                    rounds += 1;
+                    if rounds > 1000 || !self.spill_some(layout.total_len()) {
                         return Err(full);
                     }
                 }
@@ -144,7 +159,8 @@ impl ObjectTable {
     }
 
     /// Spills unpinned objects worth at least `need` bytes (or all there are). Returns whether
-    /// anything was freed, or whether another spiller may have freed room meanwhile.
+    /// anything was freed, another spiller may have freed room meanwhile, or a chosen object
+    /// was picked up by a reader while being written (so another round may find others).
     fn spill_some(&self, need: u64) -> bool {
         let Some(dir) = &self.spill else {
             return false;
@@ -180,6 +196,7 @@ impl ObjectTable {
                 .collect()
         };
         let mut freed = false;
+        let mut busy = false;
         for (id, sealed) in candidates {
             let spilled = match dir.write(id, &sealed) {
                 Ok(s) => Arc::new(s),
@@ -199,10 +216,12 @@ impl ObjectTable {
                 drop(t);
                 drop(old);
                 freed = true;
+            } else {
+                // Someone started reading it: it stays in memory and the file goes.
+                busy = true;
             }
-            // Otherwise someone started reading it: it stays in memory and the file goes.
         }
-        freed
+        freed || busy
     }
 
     /// Reads a spilled object back into the store (spilling others if needed: its own file
@@ -230,11 +249,7 @@ impl ObjectTable {
         };
         let sealed = block.seal();
         let mut t = self.lock();
-        let tick = self.tick();
-        let Some(e) = t.get_mut(&id) else {
-            return Err(GetError::ObjectLost { id });
-        };
-        e.last_used = tick;
+        let e = self.touch(&mut t, id)?;
         match &e.state {
             ObjectState::Spilled(cur) if Arc::ptr_eq(cur, &spilled) => {
                 let old = std::mem::replace(&mut e.state, ObjectState::Ready(sealed.clone()));
@@ -408,11 +423,7 @@ impl ObjectTable {
             loop {
                 let notify = {
                     let mut t = self.lock();
-                    let tick = self.tick();
-                    let Some(e) = t.get_mut(&id) else {
-                        return Err(GetError::ObjectLost { id });
-                    };
-                    e.last_used = tick;
+                    let e = self.touch(&mut t, id)?;
                     match &e.state {
                         ObjectState::Ready(b) => return Ok(b.clone()),
                         ObjectState::Spilled(s) => {
