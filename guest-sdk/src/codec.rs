@@ -2,6 +2,7 @@
 //! whose buffers the host hands over (mapped or copied).
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 
 use ferry_abi::abi::CallArg;
 use ferry_abi::{ArgSink, Blob, BlobHooks, BlobStorage, ObjectId, RefHooks, StorageKind};
@@ -26,6 +27,73 @@ thread_local! {
     static SOURCE: Cell<Option<i32>> = const { Cell::new(None) };
     /// Set while the manifest's types are traced: placeholders decode to empty blobs.
     static TRACING: Cell<bool> = const { Cell::new(false) };
+    /// How many handles (`ObjectRef`s) the guest holds to each object. The host counts one
+    /// reference per object per task; when the last handle drops, the guest gives it back.
+    static HANDLES: RefCell<BTreeMap<ObjectId, u32>> = const { RefCell::new(BTreeMap::new()) };
+    /// While a call is submitted: ids whose last handle went with the arguments (encoding
+    /// consumes them), given back only once the host has taken the call's own counts.
+    static DEFERRED: RefCell<Option<Vec<ObjectId>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (which encodes arguments and submits a call), giving back the ids whose last
+/// handle dropped meanwhile only afterwards, unless a new handle appeared.
+pub(crate) fn with_deferred_releases<R>(f: impl FnOnce() -> R) -> R {
+    let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
+    let result = f();
+    let ids = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+    for id in ids.unwrap_or_default() {
+        if !HANDLES.with(|h| h.borrow().contains_key(&id)) {
+            release_to_host(id);
+        }
+    }
+    result
+}
+
+fn release_to_host(id: ObjectId) {
+    let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(ids) => {
+            ids.push(id);
+            true
+        }
+        None => false,
+    });
+    if !deferred && !TRACING.get() {
+        host::release(id);
+    }
+}
+
+/// A handle to `id` came into being: a clone, a decoded ref, or a fresh id from the host.
+fn handle_new(id: ObjectId) {
+    HANDLES.with(|h| *h.borrow_mut().entry(id).or_insert(0) += 1);
+}
+
+/// A handle to `id` was dropped; the last one tells the host (so the object can be freed, as
+/// in Ray when the last ref goes out of scope).
+fn handle_dropped(id: ObjectId) {
+    let last = HANDLES.with(|h| {
+        let mut h = h.borrow_mut();
+        match h.get_mut(&id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                h.remove(&id);
+                true
+            }
+            // Never counted (made before the hooks were installed): nothing to give back.
+            None => false,
+        }
+    });
+    if last {
+        release_to_host(id);
+    }
+}
+
+/// A ref for an id the host just handed over with a count for this task (`put`, `call`).
+pub(crate) fn adopt<T: ?Sized>(id: ObjectId) -> ferry_abi::ObjectRef<T> {
+    handle_new(id);
+    ferry_abi::ObjectRef::adopt(id)
 }
 
 fn on_serialized(id: ObjectId) {
@@ -36,14 +104,13 @@ fn on_serialized(id: ObjectId) {
     });
 }
 
-fn noop(_: ObjectId) {}
-
-/// Inside a guest the host counts references per task, so handles need no counting; only
-/// serialization is observed, to report the refs an encoded value contains.
+/// Inside a guest the host counts one reference per object per task; the guest counts its
+/// handles and gives the host's count back when the last one drops. Serialization is observed
+/// to report the refs an encoded value contains.
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 static GUEST_HOOKS: RefHooks = RefHooks {
-    retain: noop,
-    release: noop,
+    retain: handle_new,
+    release: handle_dropped,
     serialized: on_serialized,
 };
 

@@ -40,6 +40,7 @@ mod raw {
         pub fn buffer(source: i32, index: i32, out: *mut u8) -> i32;
         pub fn read_buffer(source: i32, index: i32, dst: *mut u8) -> i32;
         pub fn release_buffer(handle: i32) -> i32;
+        pub fn release(id: *const u8) -> i32;
         pub fn fail(
             kind: i32,
             msg: *const u8,
@@ -96,6 +97,9 @@ mod raw {
         HOST_ERROR
     }
     pub unsafe fn release_buffer(_: i32) -> i32 {
+        HOST_ERROR
+    }
+    pub unsafe fn release(_: *const u8) -> i32 {
         HOST_ERROR
     }
     pub unsafe fn fail(_: i32, _: *const u8, _: usize, _: *const u8, _: usize) -> i32 {
@@ -248,6 +252,12 @@ pub(crate) fn read_buffer(source: i32, index: u32, dst: &mut [u8]) -> Result<(),
 pub(crate) fn release_buffer(handle: u32) {
     // SAFETY: no pointers.
     unsafe { raw::release_buffer(handle as i32) };
+}
+
+/// Tells the host that the guest holds no more handles to `id`.
+pub(crate) fn release(id: ObjectId) {
+    // SAFETY: `id.0` is 16 readable bytes.
+    unsafe { raw::release(id.0.as_ptr()) };
 }
 
 pub(crate) fn fail(kind: i32, message: &str, cause: &[u8]) -> i32 {

@@ -141,7 +141,7 @@ fn timeout_ms(timeout: Option<Duration>) -> i64 {
 pub fn put<T: Serialize + ?Sized>(value: &T) -> Result<ObjectRef<T>, Error> {
     let e = codec::encode(value);
     let id = host::put(&e.bytes, &e.refs, &e.buffers).map_err(Error::from_status)?;
-    Ok(ObjectRef::adopt(id))
+    Ok(codec::adopt(id))
 }
 
 /// Waits for the object and returns its value.
@@ -170,7 +170,8 @@ pub fn get_many<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>, Er
 }
 
 /// Waits until `num_ready` of `refs` are ready (or `timeout` passes) and splits them into
-/// `(ready, pending)`, like `ray.wait`. Order within each list follows `refs`.
+/// `(ready, pending)`, like `ray.wait`: `ready` holds at most `num_ready` refs (the first
+/// complete ones), `pending` all the others. Order within each list follows `refs`.
 pub fn wait<T>(
     refs: Vec<ObjectRef<T>>,
     num_ready: usize,
@@ -181,7 +182,11 @@ pub fn wait<T>(
     let mut ready = Vec::new();
     let mut pending = Vec::new();
     for (r, f) in refs.into_iter().zip(flags) {
-        if f { ready.push(r) } else { pending.push(r) }
+        if f && ready.len() < num_ready {
+            ready.push(r)
+        } else {
+            pending.push(r)
+        }
     }
     Ok((ready, pending))
 }
@@ -189,9 +194,12 @@ pub fn wait<T>(
 /// Calls a function of this module with checked argument types, as a nested task. Returns at
 /// once with a ref to the result.
 pub fn call<P, R, A: IntoArgs<P>>(f: RemoteFn<P, R>, args: A) -> Result<ObjectRef<R>, Error> {
-    let mut sink = codec::CallSink::default();
-    args.encode_args(&mut sink);
-    submit(None, f.name(), sink)
+    // The arguments' refs go with `args`; the host must take the call's counts first.
+    codec::with_deferred_releases(|| {
+        let mut sink = codec::CallSink::default();
+        args.encode_args(&mut sink);
+        submit(None, f.name(), sink)
+    })
 }
 
 /// Calls a function by name, in this module or (with `module`) another loaded one. A
@@ -201,9 +209,11 @@ pub fn call_by_name<R>(
     function: &str,
     args: impl UntypedArgs,
 ) -> Result<ObjectRef<R>, Error> {
-    let mut sink = codec::CallSink::default();
-    args.encode_args(&mut sink);
-    submit(module, function, sink)
+    codec::with_deferred_releases(|| {
+        let mut sink = codec::CallSink::default();
+        args.encode_args(&mut sink);
+        submit(module, function, sink)
+    })
 }
 
 fn submit<R>(
@@ -221,7 +231,7 @@ fn submit<R>(
     };
     let bytes = postcard::to_allocvec(&request).expect("encoding to a Vec cannot fail");
     let id = host::call(&bytes).map_err(Error::from_status)?;
-    Ok(ObjectRef::adopt(id))
+    Ok(codec::adopt(id))
 }
 
 /// Writes a message to the node's log at info level.

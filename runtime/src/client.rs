@@ -30,7 +30,7 @@ use crate::codec::{self, HostArgSink};
 use crate::config::NodeConfig;
 use crate::error::{CallError, GetError, ModuleError, PutError};
 use crate::node::{Node, NodeError, NodeInner, NodeStats};
-use crate::objects::ObjectState;
+use crate::objects::{ObjectState, WaitFlags};
 use crate::wasm::LoadedModule;
 
 /// A connection to a ferry cluster. Cheap to clone; the embedded node stops when the last
@@ -235,7 +235,8 @@ impl Client {
     }
 
     /// Waits until `num_ready` of `refs` are complete (ready or failed) or `timeout` passes,
-    /// and splits them into `(ready, pending)` in their original order, like `ray.wait`.
+    /// and splits them into `(ready, pending)` in their original order, like `ray.wait`: `ready`
+    /// holds at most `num_ready` refs (the first complete ones), `pending` all the others.
     pub async fn wait<T>(
         &self,
         refs: Vec<ObjectRef<T>>,
@@ -243,14 +244,29 @@ impl Client {
         timeout: Option<Duration>,
     ) -> ReadyPending<T> {
         let ids: Vec<ObjectId> = refs.iter().map(ObjectRef::id).collect();
-        let node = self.inner().clone();
-        let flags = self
-            .inner()
-            .handle
-            .spawn(async move { node.objects.wait_many(&ids, num_ready, timeout).await })
-            .await
-            .unwrap_or_default();
-        split(refs, &flags)
+        let flags = match timeout {
+            // Waiting needs no runtime of ours: the caller's task waits on the table itself.
+            None => {
+                self.inner()
+                    .objects
+                    .wait_many(&ids, num_ready, None, WaitFlags::First)
+                    .await
+            }
+            // A timeout needs a timer; the node's runtime has one whatever the caller runs on.
+            Some(_) => {
+                let node = self.inner().clone();
+                self.inner()
+                    .handle
+                    .spawn(async move {
+                        node.objects
+                            .wait_many(&ids, num_ready, timeout, WaitFlags::First)
+                            .await
+                    })
+                    .await
+                    .unwrap_or_default()
+            }
+        };
+        split(refs, &flags, num_ready)
     }
 
     /// The node's figures: store, objects, modules, tasks.
@@ -299,11 +315,12 @@ pub enum ObjectLocation {
     Failed,
 }
 
-fn split<T>(refs: Vec<ObjectRef<T>>, flags: &[bool]) -> ReadyPending<T> {
+/// Splits `refs` by `flags` into at most `num_ready` ready refs and the rest, keeping order.
+fn split<T>(refs: Vec<ObjectRef<T>>, flags: &[bool], num_ready: usize) -> ReadyPending<T> {
     let mut ready = Vec::new();
     let mut pending = Vec::new();
     for (i, r) in refs.into_iter().enumerate() {
-        if flags.get(i).copied().unwrap_or(false) {
+        if ready.len() < num_ready && flags.get(i).copied().unwrap_or(false) {
             ready.push(r);
         } else {
             pending.push(r);

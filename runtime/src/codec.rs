@@ -72,8 +72,12 @@ fn hook_retain(id: ObjectId) {
     DECODING.with(|d| {
         if let Some(scope) = d.borrow_mut().as_mut() {
             let (table, object) = (&scope.table, scope.object);
-            let allowed = scope.allowed.get_or_insert_with(|| table.contained(object));
-            if !allowed.contains(&id) {
+            let allowed = scope.allowed.get_or_insert_with(|| {
+                let mut ids = table.contained(object);
+                ids.sort_unstable();
+                ids
+            });
+            if allowed.binary_search(&id).is_err() {
                 scope.undeclared.get_or_insert(id);
             }
         }
@@ -85,7 +89,7 @@ struct DecodeScope {
     object: ObjectId,
     sealed: Arc<Sealed>,
     table: Arc<ObjectTable>,
-    /// Fetched on the first ref met, so ref-free values cost nothing.
+    /// Fetched (and sorted) on the first ref met, so ref-free values cost nothing.
     allowed: Option<Vec<ObjectId>>,
     undeclared: Option<ObjectId>,
 }

@@ -88,6 +88,16 @@ fn release_locked(t: &mut HashMap<ObjectId, Entry>, ids: &[ObjectId], freed: &mu
     }
 }
 
+/// Which ids [`ObjectTable::wait_many`] flags as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFlags {
+    /// Every id that is done (the guest ABI's `wait` reports them all).
+    All,
+    /// Only the first `num_ready` done ids, in order: the scan stops there (`ray.wait`'s
+    /// answer, which is all a driver needs).
+    First,
+}
+
 /// The object table of one node.
 #[derive(Debug)]
 pub struct ObjectTable {
@@ -206,7 +216,12 @@ impl ObjectTable {
                 }
             };
             let mut t = self.lock();
-            let Some(e) = t.get_mut(&id) else { continue };
+            let Some(e) = t.get_mut(&id) else {
+                // Freed meanwhile: its space comes back when `sealed` (the last holder) drops
+                // at the end of this iteration, and the file goes with `spilled`.
+                freed = true;
+                continue;
+            };
             // Still the same bytes and still unpinned (only the table and we hold it).
             if let ObjectState::Ready(s) = &e.state
                 && Arc::ptr_eq(s, &sealed)
@@ -458,18 +473,28 @@ impl ObjectTable {
     }
 
     /// Waits until at least `num_ready` of `ids` are ready or failed, or the timeout passes.
-    /// Returns one flag per id. Unknown ids count as ready (a `get` reports them).
+    /// Returns one flag per id, set for the ids `report` asks for. Unknown ids count as ready
+    /// (a `get` reports them).
     pub async fn wait_many(
         &self,
         ids: &[ObjectId],
         num_ready: usize,
         timeout: Option<Duration>,
+        report: WaitFlags,
     ) -> Vec<bool> {
         let num_ready = num_ready.min(ids.len());
         let flags = || {
             let t = self.lock();
+            let mut done = 0;
             ids.iter()
-                .map(|id| !matches!(t.get(id).map(|e| &e.state), Some(ObjectState::Pending)))
+                .map(|id| {
+                    if report == WaitFlags::First && done == num_ready {
+                        return false;
+                    }
+                    let d = !matches!(t.get(id).map(|e| &e.state), Some(ObjectState::Pending));
+                    done += usize::from(d);
+                    d
+                })
                 .collect::<Vec<bool>>()
         };
         let fut = async {

@@ -67,8 +67,16 @@ const FUNCTIONS: &[(&str, &str)] = &[
     (i32.store8 (i32.const 8202) (call $buffer (i32.const -1) (i32.const 0) (i32.const 0)))
     (i32.store8 (i32.const 8203) (call $read_buffer (i32.const 5) (i32.const 0) (i32.const 0)))
     (i32.store8 (i32.const 8204) (call $release_buffer (i32.const 77)))
+    ;; releasing an id outside memory and one it was never given; then one it made, twice,
+    ;; after which the id is no longer its to use
+    (i32.store8 (i32.const 8205) (call $release (i32.const -16)))
+    (i32.store8 (i32.const 8206) (call $release (i32.const 4096)))
+    (drop (call $put (i32.const 0) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 9100)))
+    (i32.store8 (i32.const 8207) (call $release (i32.const 9100)))
+    (i32.store8 (i32.const 8208) (call $release (i32.const 9100)))
+    (i32.store8 (i32.const 8209) (i32.wrap_i64 (call $get (i32.const 9100) (i64.const 0))))
     (call $log (i32.const 3) (i32.const -5) (i32.const 99999))
-    (drop (call $result (i32.const 8192) (i32.const 13) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))
+    (drop (call $result (i32.const 8192) (i32.const 18) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))
     (i32.const 0)"#,
     ),
     // An unknown failure kind whose message and cause lie outside memory.
@@ -125,13 +133,14 @@ fn hostile_module() -> Vec<u8> {
     );
     let text = format!(
         r#"(module
-  (@custom "ferry_abi" "\02\00\00\00")
+  (@custom "ferry_abi" "\03\00\00\00")
   (import "ferry" "get" (func $get (param i32 i64) (result i64)))
   (import "ferry" "take" (func $take (param i32 i32) (result i64)))
   (import "ferry" "put" (func $put (param i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "ferry" "buffer" (func $buffer (param i32 i32 i32) (result i32)))
   (import "ferry" "read_buffer" (func $read_buffer (param i32 i32 i32) (result i32)))
   (import "ferry" "release_buffer" (func $release_buffer (param i32) (result i32)))
+  (import "ferry" "release" (func $release (param i32) (result i32)))
   (import "ferry" "call" (func $call (param i32 i32 i32) (result i32)))
   (import "ferry" "wait" (func $wait (param i32 i32 i32 i64 i32) (result i32)))
   (import "ferry" "result" (func $result (param i32 i32 i32 i32 i32 i32) (result i32)))
@@ -155,16 +164,18 @@ async fn abi_violations_are_refused_one_by_one_and_the_node_keeps_serving() {
 
     // Every bad host call got the status it deserved (statuses are negative i32s; the guest
     // kept their low bytes).
-    let r: ObjectRef<[u8; 13]> = module.call("evil", ()).unwrap();
+    let r: ObjectRef<[u8; 18]> = module.call("evil", ()).unwrap();
     let statuses = client.get_timeout(&r, limit).await.unwrap();
     let (bad, invalid) = ((-4i32) as u8, (-3i32) as u8);
     assert_eq!(
         statuses,
         [
-            bad, bad, bad, bad, invalid, invalid, bad, bad, bad, bad, bad, bad, bad
+            bad, bad, bad, bad, invalid, invalid, bad, bad, bad, bad, bad, bad, bad, bad, invalid,
+            0, invalid, invalid
         ],
         "get, take, put, put(out), get(not given), put(ref not given), call, wait, \
-         put(buffer list), put(buffer bytes), buffer, read_buffer, release_buffer"
+         put(buffer list), put(buffer bytes), buffer, read_buffer, release_buffer, \
+         release(out of bounds), release(not given), release, release again, get(released)"
     );
 
     let kind = |err: &GetError| err.task_error().map(|t| t.kind.clone());

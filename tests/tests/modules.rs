@@ -114,7 +114,7 @@ fn modules_that_are_not_ferry_modules_are_refused_clearly() {
         load_err(&future)
     );
     let foreign = wat::parse_str(
-        "(module (@custom \"ferry_abi\" \"\\02\\00\\00\\00\") (import \"env\" \"open\" (func)) \
+        "(module (@custom \"ferry_abi\" \"\\03\\00\\00\\00\") (import \"env\" \"open\" (func)) \
          (memory (export \"memory\") 1))",
     )
     .unwrap();

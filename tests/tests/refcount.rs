@@ -72,6 +72,32 @@ async fn objects_guests_create_are_freed_with_what_holds_them() {
 }
 
 #[tokio::test]
+async fn a_guest_dropping_its_last_handle_frees_the_object() {
+    // No spilling: 24 puts of 8 MiB through a 64 MiB store only fit if each is freed when the
+    // guest drops its ref (as in Ray), not when the call ends.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ferry_tests::test_config(dir.path());
+    config.spill_dir = None;
+    let client = ferry::Client::embedded_with(config).unwrap();
+    let module = client.load(&ferry_tests::testguest_wasm()).unwrap();
+    let put_and_drop = module
+        .function(ferry_testguest::put_and_drop::REMOTE)
+        .unwrap();
+    let r = put_and_drop.call((24u32, 8u32 << 20)).unwrap();
+    assert_eq!(client.get(&r).await.unwrap(), 24);
+    drop(r);
+
+    // Clones and holders keep what they refer to; a released id can be handed back.
+    let handles = module
+        .function(ferry_testguest::handles_outlive_each_other::REMOTE)
+        .unwrap();
+    let r = handles.call((42i64,)).unwrap();
+    assert_eq!(client.get(&r).await.unwrap(), 42);
+    drop(r);
+    assert_eq!(settle(&client), (0, 0));
+}
+
+#[tokio::test]
 async fn a_dropped_result_is_freed_when_its_task_finishes() {
     let (_d, client, module) = node_with_guest();
     let sum = module

@@ -163,6 +163,20 @@ async fn wait_splits_ready_and_pending_like_ray() {
     // Asking for all three with a timeout returns what is ready when time runs out.
     let (ready, pending) = client.wait(refs, 3, Some(Duration::from_millis(100))).await;
     assert_eq!((ready.len(), pending.len()), (2, 1));
+    // Like Ray, `ready` holds at most `num_ready` refs: the first complete ones, in order.
+    let (ready, pending) = client.wait(vec![a.clone(), b.clone()], 1, None).await;
+    assert_eq!((ready, pending), (vec![a.clone()], vec![b.clone()]));
+    let (ready, pending) = client
+        .wait(vec![slow.clone(), b.clone(), a.clone()], 1, None)
+        .await;
+    assert_eq!(
+        (ready, pending),
+        (vec![b.clone()], vec![slow.clone(), a.clone()])
+    );
+    let two_ready: ObjectRef<(u32, u32)> = module
+        .call("wait_first", (vec![a.clone(), b.clone()], 1u32))
+        .unwrap();
+    assert_eq!(client.get(&two_ready).await.unwrap(), (1, 1));
     // Inside a guest.
     let first: ObjectRef<(u32, u32)> = module
         .call("wait_first", (vec![a, slow.clone()], 1u32))

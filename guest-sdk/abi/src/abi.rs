@@ -14,7 +14,7 @@ use crate::{ModuleId, ObjectId};
 
 /// The ABI version this crate speaks. A module records the version it was built against in the
 /// custom section [`ABI_SECTION`]; a host refuses modules with another version.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// The custom section holding the module's ABI version as 4 little-endian bytes.
 pub const ABI_SECTION: &str = "ferry_abi";
@@ -55,6 +55,10 @@ pub mod import {
     /// `(handle) -> status`: unmaps a buffer mapped by `buffer` (the pages become fresh zeroed
     /// memory the host may reuse for a later mapping) and unpins its object
     pub const RELEASE_BUFFER: &str = "release_buffer";
+    /// `(id_ptr) -> status`: the guest holds no more handles to the object: the host drops
+    /// the task's count on it (the object is freed if nothing else holds it) and the task may
+    /// no longer use the id. A no-op once the result is set
+    pub const RELEASE: &str = "release";
     /// `(dst_ptr, dst_cap) -> i64`: the staged bytes' length; copies them into guest memory
     /// (and clears them) if they fit in `dst_cap`
     pub const TAKE: &str = "take";

@@ -15,7 +15,7 @@ use wasmtime::{Caller, Linker, Memory};
 
 use crate::error::{GetError, StoreError};
 use crate::node::NodeInner;
-use crate::objects::{ObjectState, ObjectTable};
+use crate::objects::{ObjectState, ObjectTable, WaitFlags};
 use crate::store::{Layout, Sealed};
 use crate::wasm::engine::MemoryLimiter;
 use crate::wasm::windows::Windows;
@@ -565,7 +565,12 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                 let flags = {
                     let _waiting = node.guest_waiting();
                     node.objects
-                        .wait_many(&ids, num_ready as u32 as usize, timeout(timeout_ms))
+                        .wait_many(
+                            &ids,
+                            num_ready as u32 as usize,
+                            timeout(timeout_ms),
+                            WaitFlags::All,
+                        )
                         .await
                 };
                 let (mem_data, st) = mem.data_and_store_mut(&mut caller);
@@ -676,6 +681,32 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                     format!("no mapped buffer has handle {handle}"),
                 ))
             }
+        },
+    )?;
+
+    l.func_wrap(
+        m,
+        abi::import::RELEASE,
+        |mut caller: Caller<'_, TaskState>, id_ptr: i32| -> wasmtime::Result<i32> {
+            let mem = try_status!(memory(&mut caller));
+            let (mem_data, st) = mem.data_and_store_mut(&mut caller);
+            let Some(id) = guest_ids(mem_data, id_ptr, 1).and_then(|v| v.first().copied()) else {
+                return Ok(out_of_bounds(st, "the id"));
+            };
+            // Handles dropped after the result was handed over: the task's counts go when it
+            // completes, after the result has taken its own on the refs it contains.
+            if st.result.is_some() || st.raw_result.is_some() {
+                return Ok(status::OK);
+            }
+            if !st.granted.remove(&id) {
+                return Ok(st.refuse(
+                    status::INVALID_REF,
+                    format!("object {id} is not held by this task"),
+                ));
+            }
+            let node = try_status!(node_of(st));
+            node.objects.release(id);
+            Ok(status::OK)
         },
     )?;
 
@@ -813,4 +844,5 @@ pub const IMPORTS: &[&str] = &[
     abi::import::BUFFER,
     abi::import::READ_BUFFER,
     abi::import::RELEASE_BUFFER,
+    abi::import::RELEASE,
 ];

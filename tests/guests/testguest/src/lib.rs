@@ -326,3 +326,27 @@ pub fn nested_blob_sum(data: Blob) -> Result<u64, Error> {
     let r = ferry_guest::call(blob_sum::REMOTE, (data,))?;
     Ok(r.get()?.0)
 }
+
+/// Puts `n` blobs of `size` bytes, dropping each ref at once: the store needs room for only
+/// one at a time, because dropping a guest's last handle frees the object.
+#[remote]
+pub fn put_and_drop(n: u32, size: u32) -> Result<u32, Error> {
+    for i in 0..n {
+        let blob = ferry_guest::Blob::new(vec![i as u8; size as usize]);
+        drop(ferry_guest::put(&blob)?);
+    }
+    Ok(n)
+}
+
+/// A clone keeps an object alive after the original handle drops, and an object holding a
+/// ref keeps it alive after every handle drops (getting the holder hands it back).
+#[remote]
+pub fn handles_outlive_each_other(x: i64) -> Result<i64, Error> {
+    let a = ferry_guest::put(&x)?;
+    let b = a.clone();
+    drop(a);
+    let holder = ferry_guest::put(&vec![b.clone()])?;
+    drop(b);
+    let inner: Vec<ObjectRef<i64>> = ferry_guest::get(&holder)?;
+    ferry_guest::get(&inner[0])
+}
