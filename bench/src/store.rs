@@ -58,7 +58,7 @@ fn node(dir: &std::path::Path, capacity: u64, map_threshold: u64) -> anyhow::Res
 
 /// Waits for the background prefault of a fresh store (so it does not compete with the
 /// measurements) by putting and freeing one object the size of the store's free space.
-fn warm(client: &Client) -> anyhow::Result<()> {
+pub(crate) fn warm(client: &Client) -> anyhow::Result<()> {
     let free = client.stats().store.largest_free as usize;
     let r = client.put(&Blob::from(vec![1u8; free - 64 * 1024]))?;
     drop(r);
