@@ -2,7 +2,7 @@
 //!
 //! `ferry-bench` runs the equivalents of Ray's `ray microbenchmark` (`ray/_private/ray_perf.py`)
 //! with the same names, workloads and timing rule, through the public driver API, and prints
-//! each as `name per second X +- Y` like Ray does. It also measures the same no-op called
+//! each as `name per second X +- Y` like Ray does. It also measures `small_value` called
 //! straight through wasmtime, as a baseline in the same run. `bench/compare-ray.sh` runs Ray's
 //! suite and this one back to back and prints the table recorded in `docs/benchmarks.md`.
 //!

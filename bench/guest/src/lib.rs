@@ -2,16 +2,6 @@
 
 use ferry_guest::prelude::*;
 
-/// Does nothing: measures the cost of a call itself.
-#[remote]
-pub fn noop() {}
-
-/// Returns its argument: a call with one small value in and out.
-#[remote]
-pub fn echo(x: u64) -> u64 {
-    x
-}
-
 /// Receives a blob (mapped or copied, depending on the node) and reads one byte of each page:
 /// measures getting a large buffer into a guest, not computing on it.
 #[remote]
