@@ -96,13 +96,7 @@ fn timeit(t: &Timing, name: &'static str, multiplier: f64, mut f: impl FnMut()) 
 
 fn main() -> anyhow::Result<()> {
     // The node's log, as `ferry` prints it: `FERRY_LOG=ferry=debug` shows spills and mappings.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ferry::init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     if let Some(bad) = args.iter().find(|a| a.starts_with("--") && *a != "--quick") {

@@ -32,3 +32,16 @@ pub use objects::TableStats;
 pub use store::StoreStats;
 pub use store::spill::SpillStats;
 pub use wasm::ModuleStats;
+
+/// Prints the node's log to stderr, filtered by `FERRY_LOG` (tracing's `EnvFilter` syntax, for
+/// example `ferry=debug`; default `warn`). What the `ferry` CLI and `ferry-bench` do at start-up;
+/// a program with its own tracing subscriber does not need it. Does nothing if a subscriber is
+/// already installed.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
