@@ -29,6 +29,10 @@ use serde::de::DeserializeOwned;
 use crate::codec::{self, HostArgSink};
 use crate::config::NodeConfig;
 use crate::error::{CallError, GetError, ModuleError, PutError};
+use crate::ids::NodeId;
+use crate::net::cluster::ClusterOptions;
+use crate::net::proto::Member;
+use crate::net::tls::Credentials;
 use crate::node::{Node, NodeError, NodeInner, NodeStats};
 use crate::objects::{ObjectState, WaitFlags};
 use crate::wasm::LoadedModule;
@@ -51,6 +55,50 @@ impl Client {
         Ok(Self {
             node: Arc::new(Node::start(config)?),
         })
+    }
+
+    /// Connects to the cluster whose head is at `head`, as a driver: the same API as an
+    /// embedded node, with calls placed on the cluster's nodes. The driver keeps a small object
+    /// store of its own (`config`) for the objects it puts, which nodes pull from it when they
+    /// need them (Ray's ownership: the driver owns what it puts and the results of its calls).
+    /// `credentials` must be signed by the cluster's CA (`ferry cert`).
+    pub fn connect(
+        head: std::net::SocketAddr,
+        credentials: Credentials,
+        config: NodeConfig,
+    ) -> Result<Self, NodeError> {
+        let mut opts = ClusterOptions::new(credentials);
+        opts.head = Some(head);
+        opts.worker = false;
+        Ok(Self {
+            node: Arc::new(Node::start_in_cluster(config, opts)?),
+        })
+    }
+
+    /// Starts a node of a cluster in this process (what `ferry start` runs): the head when
+    /// `opts.head` is `None`, else a node joining that head. The returned client drives it
+    /// like an embedded node; the node stops when the last clone is dropped.
+    pub fn start_node(config: NodeConfig, opts: ClusterOptions) -> Result<Self, NodeError> {
+        Ok(Self {
+            node: Arc::new(Node::start_in_cluster(config, opts)?),
+        })
+    }
+
+    /// Where this node accepts cluster connections (`None` outside a cluster, or for a
+    /// driver).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner().cluster.get()?.local_addr()
+    }
+
+    /// The cluster's nodes, as the head knows them (`None` for an embedded node that is not
+    /// part of a cluster).
+    pub fn members(&self) -> Option<Vec<Member>> {
+        Some(self.inner().cluster.get()?.members_blocking())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner().id
     }
 
     fn inner(&self) -> &Arc<NodeInner> {
@@ -143,32 +191,44 @@ impl Client {
         if let Some(v) = self.try_get_now(id) {
             return v;
         }
-        let sealed = match timeout {
+        let (sealed, contained) = match timeout {
             // Waiting needs no runtime of ours: the caller's task waits on the object itself.
-            None => self.inner().objects.wait_ready(id, None).await?,
-            // A timeout needs a timer; the node's runtime has one whatever the caller runs on.
-            Some(t) => {
+            None if !self.inner().objects.is_foreign(id) => {
+                self.inner().objects.wait_object(id, None).await?
+            }
+            // A timeout needs a timer and a pull needs the network; the node's runtime has
+            // both whatever the caller runs on.
+            t => {
                 let node = self.inner().clone();
                 self.inner()
                     .handle
-                    .spawn(async move { node.objects.wait_ready(id, Some(t)).await })
+                    .spawn(async move { node.objects.wait_object(id, t).await })
                     .await
                     .map_err(|_| GetError::NodeStopped)??
             }
         };
-        codec::decode_object(&self.inner().objects, id, &sealed)
+        codec::decode_object(&self.inner().objects, id, &sealed, Some(contained))
     }
 
     /// The value if the object is already complete (no waiting, no task switch).
     fn try_get_now<T: DeserializeOwned>(&self, id: ObjectId) -> Option<Result<T, GetError>> {
         match self.inner().objects.state(id) {
+            None if self.inner().objects.is_foreign(id) => None,
             None => Some(Err(GetError::ObjectLost { id })),
-            Some(ObjectState::Ready(sealed)) => {
-                Some(codec::decode_object(&self.inner().objects, id, &sealed))
-            }
+            Some(ObjectState::Ready(sealed)) => Some(codec::decode_object(
+                &self.inner().objects,
+                id,
+                &sealed,
+                None,
+            )),
             Some(ObjectState::Failed(e)) => Some(Err(GetError::Task((*e).clone()))),
-            // Pending: wait; spilled: `wait_ready` reads it back.
-            Some(ObjectState::Pending | ObjectState::Spilled(_)) => None,
+            // Pending: wait; spilled: `wait_ready` reads it back; remote: pulled.
+            Some(
+                ObjectState::Pending
+                | ObjectState::Spilled(_)
+                | ObjectState::Remote { .. }
+                | ObjectState::Lost { .. },
+            ) => None,
         }
     }
 
@@ -196,11 +256,11 @@ impl Client {
             return v;
         }
         let node = self.inner().clone();
-        let sealed = self
+        let (sealed, contained) = self
             .inner()
-            .block_on(async move { node.objects.wait_ready(id, timeout).await })
+            .block_on(async move { node.objects.wait_object(id, timeout).await })
             .ok_or(GetError::NodeStopped)??;
-        codec::decode_object(&self.inner().objects, id, &sealed)
+        codec::decode_object(&self.inner().objects, id, &sealed, Some(contained))
     }
 
     /// The object's encoding (postcard metadata and out-of-band buffers), copied out of the
@@ -211,9 +271,10 @@ impl Client {
         let sealed = self
             .inner()
             .handle
-            .spawn(async move { node.objects.wait_ready(id, None).await })
+            .spawn(async move { node.objects.wait_object(id, None).await })
             .await
-            .map_err(|_| GetError::NodeStopped)??;
+            .map_err(|_| GetError::NodeStopped)??
+            .0;
         Ok(EncodedObject {
             meta: sealed.meta().to_vec(),
             buffers: (0..sealed.layout().buffers.len())
@@ -291,6 +352,8 @@ impl Client {
             ObjectState::Ready(_) => ObjectLocation::Memory,
             ObjectState::Spilled(_) => ObjectLocation::Disk,
             ObjectState::Failed(_) => ObjectLocation::Failed,
+            ObjectState::Remote { holder, .. } => ObjectLocation::Node(holder),
+            ObjectState::Lost { node, .. } => ObjectLocation::Lost(node),
         })
     }
 
@@ -313,6 +376,10 @@ pub enum ObjectLocation {
     Disk,
     /// Its task failed.
     Failed,
+    /// On another node of the cluster (which ran its task); a `get` pulls a copy.
+    Node(NodeId),
+    /// Its only copy was on a node that died.
+    Lost(NodeId),
 }
 
 /// Splits `refs` by `flags` into at most `num_ready` ready refs and the rest, keeping order.

@@ -102,18 +102,26 @@ thread_local! {
 /// store (no copy). A ref inside it that the object did not declare when it was stored (only a
 /// guest breaking the ABI can make one) makes the decode fail, so that no one can be handed an
 /// object id they were never given.
+///
+/// `contained` is the list of refs the object declared, when the caller has it (an object
+/// read from another node); otherwise the table's record is used.
 pub fn decode_object<T: DeserializeOwned>(
     table: &Arc<ObjectTable>,
     object: ObjectId,
     sealed: &Arc<Sealed>,
+    contained: Option<Vec<ObjectId>>,
 ) -> Result<T, GetError> {
     let bytes = sealed.meta();
+    let allowed = contained.map(|mut c| {
+        c.sort_unstable();
+        c
+    });
     let previous = DECODING.with(|d| {
         d.borrow_mut().replace(DecodeScope {
             object,
             sealed: sealed.clone(),
             table: table.clone(),
-            allowed: None,
+            allowed,
             undeclared: None,
         })
     });

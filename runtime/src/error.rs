@@ -206,6 +206,14 @@ pub enum TaskErrorKind {
         /// What went wrong.
         detail: String,
     },
+    /// The node running the call (or holding an argument it needed) died or was cut off.
+    #[error("was lost: node {node} died ({detail})")]
+    NodeDied {
+        /// The node that died.
+        node: NodeId,
+        /// What was noticed (the connection's error).
+        detail: String,
+    },
 }
 
 impl TaskError {
@@ -275,6 +283,16 @@ pub enum GetError {
     /// The node shut down while waiting.
     #[error("the node shut down")]
     NodeStopped,
+    /// The object was held only by a node that died or was cut off.
+    #[error("object {id} is lost: node {node} held it and died ({detail})")]
+    NodeDied {
+        /// The object.
+        id: ObjectId,
+        /// The node that died.
+        node: NodeId,
+        /// What was noticed.
+        detail: String,
+    },
     /// The object exists but could not be read back (it was spilled and restoring failed).
     #[error("object {id} is unavailable: {reason}")]
     Unavailable {
@@ -364,4 +382,10 @@ pub enum CallError {
     /// The node is shutting down.
     #[error("the node shut down")]
     NodeStopped,
+    /// No node of the cluster can run the call.
+    #[error("no node can run the call: {reason}")]
+    NoNode {
+        /// Why.
+        reason: String,
+    },
 }

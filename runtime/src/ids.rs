@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ferry_abi::ObjectId;
 
 /// The id of a node (or of a driver that owns objects): random, non-zero, 64 bits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeId(pub u64);
 
 impl NodeId {

@@ -12,6 +12,7 @@ mod config;
 mod error;
 mod ids;
 pub mod json;
+mod net;
 mod node;
 mod objects;
 mod store;
@@ -27,6 +28,15 @@ pub use ferry_abi::{
     StorageKind, UntypedArgs,
 };
 pub use ids::NodeId;
+pub use net::cluster::{ClusterOptions, NetError};
+pub use net::proto::{Load, Member, NodeInfo};
+pub use net::tls::{Credentials, NODE_NAME, Role as CertRole, TlsError, create_ca, issue_cert};
+/// The wire protocol's decoder, for fuzzing and tests.
+pub mod protocol {
+    pub use crate::net::proto::{
+        MAX_FRAME, ProtoError, Request, Response, decode_body, decode_frame, encode_frame,
+    };
+}
 pub use node::{NodeError, NodeStats};
 pub use objects::TableStats;
 pub use store::StoreStats;

@@ -27,6 +27,80 @@ enum Command {
     Run(RunArgs),
     /// List a module's functions and their signatures.
     Inspect(InspectArgs),
+    /// Start a host node: the head of a new cluster (`--head`) or a node joining one
+    /// (`--join HEAD_ADDR`). Runs until Ctrl-C or SIGTERM.
+    Start(StartArgs),
+    /// Show every node of a cluster: address, cores, store, calls, alive or dead.
+    Status(StatusArgs),
+    /// Make the cluster's certificates: a CA, then a certificate per node and per client.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+/// Reaching a cluster.
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// Credentials directory (ca.pem, cert.pem, key.pem) made by `ferry cert issue`.
+    #[arg(long)]
+    certs: PathBuf,
+    /// A peer silent this long is considered dead (e.g. 5s).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    idle_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// Start a new cluster with this node as its head.
+    #[arg(long, conflicts_with = "join", required_unless_present = "join")]
+    head: bool,
+    /// Join the cluster whose head listens at this address.
+    #[arg(long, value_name = "HEAD_ADDR")]
+    join: Option<std::net::SocketAddr>,
+    /// Where to accept connections (UDP; port 0 picks a free port, printed at start-up).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: std::net::SocketAddr,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The head's address.
+    #[arg(long)]
+    cluster: std::net::SocketAddr,
+    /// Credentials directory (a client certificate is enough).
+    #[arg(long)]
+    certs: PathBuf,
+    /// Print the node table as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Create a cluster CA in DIR (ca.pem, ca-key.pem). Keep ca-key.pem private.
+    Ca {
+        /// Directory to create it in.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate signed by the CA into OUT (ca.pem, cert.pem, key.pem).
+    Issue {
+        /// The CA's directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Where to write the credentials.
+        #[arg(long)]
+        out: PathBuf,
+        /// The certificate's common name (for logs).
+        #[arg(long)]
+        name: String,
+        /// A client certificate (drivers, `ferry status`) instead of a node certificate.
+        #[arg(long)]
+        client: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +119,12 @@ struct RunArgs {
     /// standard error.
     #[arg(long)]
     stats: bool,
+    /// Run on the cluster whose head listens at this address instead of an embedded node.
+    #[arg(long, value_name = "HEAD_ADDR", requires = "certs")]
+    cluster: Option<std::net::SocketAddr>,
+    /// Credentials for `--cluster`.
+    #[arg(long)]
+    certs: Option<PathBuf>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -175,6 +255,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => run(a),
         Command::Inspect(a) => inspect(a),
+        Command::Start(a) => start_node(a),
+        Command::Status(a) => status(a),
+        Command::Cert(c) => cert(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,8 +278,120 @@ fn start(node: &NodeArgs) -> anyhow::Result<Client> {
     Client::embedded_with(node.config()).context("could not start the embedded node")
 }
 
+fn credentials(dir: &std::path::Path) -> anyhow::Result<ferry::Credentials> {
+    ferry::Credentials::load(dir).context("could not read the credentials")
+}
+
+fn start_node(a: StartArgs) -> anyhow::Result<()> {
+    let mut opts = ferry::ClusterOptions::new(credentials(&a.cluster.certs)?);
+    opts.listen = Some(a.listen);
+    opts.head = a.join;
+    opts.idle_timeout = a.cluster.idle_timeout;
+    let client = Client::start_node(a.node.config(), opts).context("could not start the node")?;
+    let addr = client
+        .listen_addr()
+        .map_or_else(|| a.listen.to_string(), |x| x.to_string());
+    let role = if a.head { "head" } else { "node" };
+    println!("ferry {role} {} listening on {addr}", client.node_id());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the signal runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })
+    .context("could not wait for signals")?;
+    eprintln!("ferry {role} {}: stopping", client.node_id());
+    drop(client);
+    Ok(())
+}
+
+fn status(a: StatusArgs) -> anyhow::Result<()> {
+    let config = NodeConfig {
+        store_capacity: 16 << 20,
+        prefault: false,
+        spill_dir: None,
+        ..NodeConfig::default()
+    };
+    let client = Client::connect(a.cluster, credentials(&a.certs)?, config)
+        .with_context(|| format!("could not reach the cluster at {}", a.cluster))?;
+    let members: Vec<ferry::Member> = client
+        .members()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.info.worker)
+        .collect();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&members)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16}  {:<21}  {:>5}  {:>21}  {:>7}  {:>6}  STATE",
+        "NODE", "ADDRESS", "CORES", "STORE USED/CAPACITY", "RUNNING", "QUEUED"
+    );
+    for m in &members {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let state = if m.alive {
+            "alive".to_owned()
+        } else {
+            format!(
+                "dead ({})",
+                m.reason.as_deref().unwrap_or("no reason given")
+            )
+        };
+        println!(
+            "{:<16}  {:<21}  {:>5}  {:>21}  {:>7}  {:>6}  {state}",
+            ferry::NodeId(m.info.id).to_string(),
+            m.info.addr.map_or("-".into(), |x| x.to_string()),
+            m.info.cores,
+            format!(
+                "{:.1}/{:.1} MiB",
+                mib(m.load.store_used),
+                mib(m.load.store_capacity)
+            ),
+            m.load.running,
+            m.load.queued,
+        );
+    }
+    Ok(())
+}
+
+fn cert(c: CertCommand) -> anyhow::Result<()> {
+    match c {
+        CertCommand::Ca { dir } => {
+            ferry::create_ca(&dir)?;
+            println!("created a cluster CA in {}", dir.display());
+        }
+        CertCommand::Issue {
+            ca,
+            out,
+            name,
+            client,
+        } => {
+            let role = if client {
+                ferry::CertRole::Client
+            } else {
+                ferry::CertRole::Node
+            };
+            ferry::issue_cert(&ca, &out, &name, role)?;
+            println!("issued {name} into {}", out.display());
+        }
+    }
+    Ok(())
+}
+
 fn run(a: RunArgs) -> anyhow::Result<()> {
-    let client = start(&a.node)?;
+    let client = match (a.cluster, &a.certs) {
+        (Some(head), Some(certs)) => Client::connect(head, credentials(certs)?, a.node.config())
+            .with_context(|| format!("could not reach the cluster at {head}"))?,
+        _ => start(&a.node)?,
+    };
     let module = client
         .load_file(&a.module)
         .with_context(|| format!("could not load {}", a.module.display()))?;

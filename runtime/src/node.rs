@@ -1,7 +1,7 @@
 //! A host node: the object store, the object table, the modules, and the task runner.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use ferry_abi::abi::CallArg;
 use ferry_abi::{ModuleId, ObjectId};
@@ -12,6 +12,7 @@ use crate::codec;
 use crate::config::NodeConfig;
 use crate::error::{CallError, StoreError};
 use crate::ids::{IdGenerator, NodeId};
+use crate::net::cluster::{Cluster, ClusterOptions, NetError};
 use crate::objects::{ObjectTable, TableStats};
 use crate::store::spill::SpillDir;
 use crate::store::{ObjectStore, StoreStats};
@@ -29,6 +30,9 @@ pub enum NodeError {
     /// The worker threads could not be started.
     #[error("could not start worker threads: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The node could not join or serve the cluster.
+    #[error(transparent)]
+    Net(#[from] NetError),
 }
 
 /// What a node reports about itself.
@@ -71,6 +75,8 @@ pub struct NodeInner {
     pub handle: Handle,
     pub(crate) tasks_submitted: AtomicU64,
     pub(crate) tasks_finished: AtomicU64,
+    /// The cluster this node belongs to (none: a single-node cluster of its own).
+    pub cluster: OnceLock<Arc<Cluster>>,
     _engine: Arc<WasmEngine>,
 }
 
@@ -88,7 +94,14 @@ impl NodeInner {
         args: Vec<CallArg>,
     ) -> Result<ObjectId, CallError> {
         let held = TaskSpec::refs_of(&args);
-        self.check_call(module, function, args.len())
+        let target = self
+            .check_call(module, function, args.len())
+            .and_then(|()| match self.cluster.get() {
+                None => Ok(None),
+                Some(c) => c
+                    .place(self, &args)
+                    .map_err(|reason| CallError::NoNode { reason }),
+            })
             .inspect_err(|_| {
                 self.objects.release_all(&held);
             })?;
@@ -101,12 +114,17 @@ impl NodeInner {
         // One count for the caller's handle, one for the task until it finishes.
         self.objects.insert_pending(spec.result, 2);
         let id = spec.result;
-        self.tasks_submitted.fetch_add(1, Ordering::Relaxed);
-        let node = self.clone();
-        self.handle.spawn(async move {
-            run_task(node.clone(), spec).await;
-            node.tasks_finished.fetch_add(1, Ordering::Relaxed);
-        });
+        match (target, self.cluster.get()) {
+            (Some(target), Some(cluster)) => cluster.spawn_remote(self.clone(), target, spec),
+            _ => {
+                self.tasks_submitted.fetch_add(1, Ordering::Relaxed);
+                let node = self.clone();
+                self.handle.spawn(async move {
+                    run_task(node.clone(), spec).await;
+                    node.tasks_finished.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+        }
         Ok(id)
     }
 
@@ -226,6 +244,7 @@ impl Node {
             .map_err(NodeError::Runtime)?;
         let id = NodeId::random();
         let objects = Arc::new(ObjectTable::new(store, spill));
+        objects.set_local(id);
         codec::register_owner(id, &objects);
         let inner = Arc::new(NodeInner {
             id,
@@ -238,6 +257,7 @@ impl Node {
             handle: runtime.handle().clone(),
             tasks_submitted: AtomicU64::new(0),
             tasks_finished: AtomicU64::new(0),
+            cluster: OnceLock::new(),
             config,
             _engine: engine,
         });
@@ -248,6 +268,14 @@ impl Node {
         })
     }
 
+    /// Starts a node that joins (or, without `opts.head`, starts) a cluster.
+    pub fn start_in_cluster(config: NodeConfig, opts: ClusterOptions) -> Result<Self, NodeError> {
+        let node = Self::start(config)?;
+        let cluster = Cluster::start(&node.inner, opts).map_err(NodeError::Net)?;
+        let _ = node.inner.cluster.set(cluster);
+        Ok(node)
+    }
+
     /// The shared state.
     pub fn inner(&self) -> &Arc<NodeInner> {
         &self.inner
@@ -256,6 +284,9 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if let Some(c) = self.inner.cluster.get() {
+            c.shutdown();
+        }
         codec::unregister_owner(self.inner.id);
         self.inner.instance_slots.close();
         if let Some(rt) = self.runtime.take() {

@@ -21,6 +21,7 @@ use ferry_abi::ObjectId;
 use tokio::sync::Notify;
 
 use crate::error::{GetError, StoreError, TaskError};
+use crate::ids::NodeId;
 use crate::store::spill::{SpillDir, Spilled};
 use crate::store::{Block, Layout, ObjectStore, Sealed, StoreStats};
 
@@ -35,6 +36,55 @@ pub enum ObjectState {
     Spilled(Arc<Spilled>),
     /// Its task failed.
     Failed(Arc<TaskError>),
+    /// Held by another node, which ran its task (Ray's rule: data stays where it was made
+    /// until someone needs it). Reading it pulls a copy through [`RemoteObjects`].
+    Remote {
+        /// The node holding it.
+        holder: NodeId,
+        /// Its length in bytes.
+        len: u64,
+    },
+    /// Its only copy was on a node that died.
+    Lost {
+        /// The node.
+        node: NodeId,
+        /// What was noticed.
+        detail: String,
+    },
+}
+
+/// What the table needs from the cluster layer to reach objects on other nodes.
+pub trait RemoteObjects: Send + Sync + std::fmt::Debug {
+    /// Pulls a copy of `id` into this node's store: from `holder`, or (for an object another
+    /// node owns) from wherever its owner says it is. Returns the copy and the refs it
+    /// contains.
+    fn fetch(
+        &self,
+        id: ObjectId,
+        holder: Option<NodeId>,
+    ) -> BoxFuture<Result<ObjectWithRefs, GetError>>;
+    /// The owner freed `id`: `holder` may drop the copy it kept for it.
+    fn free_copy(&self, id: ObjectId, holder: NodeId);
+}
+
+/// An object and the refs it contains.
+pub type ObjectWithRefs = (Arc<Sealed>, Vec<ObjectId>);
+
+/// A boxed future, for [`RemoteObjects`].
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// How a task ended, for [`ObjectTable::complete`].
+#[derive(Debug)]
+pub enum Completed {
+    /// The result is in this node's store.
+    Local(Arc<Sealed>),
+    /// The result stays on the node that ran the task.
+    Remote {
+        /// That node.
+        holder: NodeId,
+        /// The result's length.
+        len: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -46,6 +96,8 @@ struct Entry {
     /// When the object was last read (a tick of [`ObjectTable::clock`]), for choosing what to
     /// spill.
     last_used: u64,
+    /// Another node keeps a copy for us until the object is freed.
+    held_by: Option<NodeId>,
 }
 
 /// Figures about the table.
@@ -62,11 +114,11 @@ pub struct TableStats {
 /// A freed entry. Dropping it returns the object's space to the store and wakes anyone
 /// still waiting on it (they will find it gone).
 #[derive(Debug)]
-struct Freed(Entry);
+struct Freed(ObjectId, Entry);
 
 impl Drop for Freed {
     fn drop(&mut self) {
-        if let Some(n) = self.0.notify.take() {
+        if let Some(n) = self.1.notify.take() {
             n.notify_waiters();
         }
     }
@@ -83,7 +135,7 @@ fn release_locked(t: &mut HashMap<ObjectId, Entry>, ids: &[ObjectId], freed: &mu
             && let Some(e) = t.remove(&id)
         {
             work.extend_from_slice(&e.contained);
-            freed.push(Freed(e));
+            freed.push(Freed(id, e));
         }
     }
 }
@@ -109,6 +161,10 @@ pub struct ObjectTable {
     /// Held while objects are being spilled: one spiller at a time.
     spilling: Mutex<()>,
     clock: AtomicU64,
+    /// The node whose objects these are (0 until set): ids owned by any other node are
+    /// foreign, reached through `remote`.
+    local: AtomicU64,
+    remote: std::sync::OnceLock<Arc<dyn RemoteObjects>>,
 }
 
 impl ObjectTable {
@@ -121,7 +177,69 @@ impl ObjectTable {
             spill,
             spilling: Mutex::new(()),
             clock: AtomicU64::new(0),
+            local: AtomicU64::new(0),
+            remote: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the node these objects belong to.
+    pub fn set_local(&self, node: NodeId) {
+        self.local.store(node.0, Ordering::Relaxed);
+    }
+
+    /// Connects the table to a cluster, so that objects on other nodes can be read.
+    pub fn set_remote(&self, remote: Arc<dyn RemoteObjects>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// Whether `id` is owned by another node of a cluster this table is connected to.
+    pub fn is_foreign(&self, id: ObjectId) -> bool {
+        self.remote.get().is_some() && id.owner() != self.local.load(Ordering::Relaxed)
+    }
+
+    /// Drops freed entries outside the lock, telling nodes that kept copies for us.
+    fn dispose(&self, freed: Vec<Freed>) {
+        if let Some(remote) = self.remote.get() {
+            for f in &freed {
+                if let Some(holder) = f.1.held_by {
+                    remote.free_copy(f.0, holder);
+                }
+            }
+        }
+        drop(freed);
+    }
+
+    /// A node died: objects only it held are lost, copies it kept for us are gone, and the
+    /// copies we kept for it (objects it owned) are released.
+    pub fn lose_node(&self, node: NodeId, detail: &str) {
+        let mut freed = Vec::new();
+        let notify: Vec<Arc<Notify>> = {
+            let mut t = self.lock();
+            let mut owned_by_dead = Vec::new();
+            for (id, e) in t.iter_mut() {
+                if e.held_by == Some(node) {
+                    e.held_by = None;
+                }
+                if let ObjectState::Remote { holder, .. } = e.state
+                    && holder == node
+                {
+                    e.state = ObjectState::Lost {
+                        node,
+                        detail: detail.to_owned(),
+                    };
+                }
+                if id.owner() == node.0 {
+                    owned_by_dead.push(*id);
+                }
+            }
+            release_locked(&mut t, &owned_by_dead, &mut freed);
+            t.values_mut().filter_map(|e| e.notify.clone()).collect()
+        };
+        self.dispose(freed);
+        for n in notify {
+            n.notify_waiters();
+        }
+        self.any_completed.notify_waiters();
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ObjectId, Entry>> {
@@ -321,6 +439,7 @@ impl ObjectTable {
                 contained,
                 notify: None,
                 last_used: self.tick(),
+                held_by: None,
             },
         );
     }
@@ -335,6 +454,7 @@ impl ObjectTable {
                 contained: Vec::new(),
                 notify: Some(Arc::new(Notify::new())),
                 last_used: self.tick(),
+                held_by: None,
             },
         );
     }
@@ -346,7 +466,7 @@ impl ObjectTable {
     pub fn complete(
         &self,
         id: ObjectId,
-        outcome: Result<(Arc<Sealed>, Vec<ObjectId>), Arc<TaskError>>,
+        outcome: Result<(Completed, Vec<ObjectId>), Arc<TaskError>>,
         finished_with: &[ObjectId],
     ) {
         let mut freed = Vec::new();
@@ -365,7 +485,11 @@ impl ObjectTable {
             let notify = match t.get_mut(&id) {
                 Some(e) => {
                     e.state = match outcome {
-                        Ok((bytes, _)) => ObjectState::Ready(bytes),
+                        Ok((Completed::Local(bytes), _)) => ObjectState::Ready(bytes),
+                        Ok((Completed::Remote { holder, len }, _)) => {
+                            e.held_by = Some(holder);
+                            ObjectState::Remote { holder, len }
+                        }
                         Err(err) => ObjectState::Failed(err),
                     };
                     e.contained = contained;
@@ -374,27 +498,34 @@ impl ObjectTable {
                 // Nobody wanted the result: give back what it would have held.
                 None => {
                     release_locked(&mut t, &contained, &mut freed);
+                    if let Ok((Completed::Remote { holder, .. }, _)) = outcome
+                        && let Some(remote) = self.remote.get()
+                    {
+                        remote.free_copy(id, holder);
+                    }
                     None
                 }
             };
             release_locked(&mut t, &[id], &mut freed);
             notify
         };
-        drop(freed);
+        self.dispose(freed);
         if let Some(n) = notify {
             n.notify_waiters();
         }
         self.any_completed.notify_waiters();
     }
 
-    /// Adds one reference to `id`. Returns false if the object does not exist.
+    /// Adds one reference to `id`. Returns false if the object does not exist. An object
+    /// another node owns and this node keeps no copy of is counted by its owner, not here:
+    /// that is `true` without a count.
     pub fn retain(&self, id: ObjectId) -> bool {
         match self.lock().get_mut(&id) {
             Some(e) => {
                 e.refs += 1;
                 true
             }
-            None => false,
+            None => self.is_foreign(id),
         }
     }
 
@@ -411,7 +542,7 @@ impl ObjectTable {
         let mut freed = Vec::new();
         release_locked(&mut self.lock(), ids, &mut freed);
         // Dropping entries returns their space to the store; do it outside the table lock.
-        drop(freed);
+        self.dispose(freed);
     }
 
     /// The object's current state, or `None` if it does not exist.
@@ -436,10 +567,28 @@ impl ObjectTable {
     ) -> Result<Arc<Sealed>, GetError> {
         let fut = async {
             loop {
+                let mut pull_from = None;
                 let notify = {
                     let mut t = self.lock();
+                    if !t.contains_key(&id) && self.is_foreign(id) {
+                        return Err(GetError::Unavailable {
+                            id,
+                            reason: "owned by another node; read it with wait_object".into(),
+                        });
+                    }
                     let e = self.touch(&mut t, id)?;
                     match &e.state {
+                        ObjectState::Remote { holder, .. } => {
+                            pull_from = Some(*holder);
+                            None
+                        }
+                        ObjectState::Lost { node, detail } => {
+                            return Err(GetError::NodeDied {
+                                id,
+                                node: *node,
+                                detail: detail.clone(),
+                            });
+                        }
                         ObjectState::Ready(b) => return Ok(b.clone()),
                         ObjectState::Spilled(s) => {
                             let s = s.clone();
@@ -449,10 +598,16 @@ impl ObjectTable {
                         }
                         ObjectState::Failed(err) => return Err(GetError::Task((**err).clone())),
                         ObjectState::Pending => match &e.notify {
-                            Some(n) => n.clone(),
+                            Some(n) => Some(n.clone()),
                             None => return Err(GetError::ObjectLost { id }),
                         },
                     }
+                };
+                let Some(notify) = notify else {
+                    if let Some(holder) = pull_from {
+                        return self.pull_home(id, holder).await;
+                    }
+                    continue;
                 };
                 let notified = notify.notified();
                 tokio::pin!(notified);
@@ -464,6 +619,47 @@ impl ObjectTable {
                 notified.await;
             }
         };
+        match timeout {
+            None => fut.await,
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .unwrap_or(Err(GetError::Timeout { id, timeout: t })),
+        }
+    }
+
+    /// Pulls an object this node owns from the node holding it, and keeps the copy.
+    async fn pull_home(&self, id: ObjectId, holder: NodeId) -> Result<Arc<Sealed>, GetError> {
+        let remote = self.remote.get().ok_or(GetError::ObjectLost { id })?;
+        let (sealed, _) = remote.fetch(id, Some(holder)).await?;
+        let mut t = self.lock();
+        let e = self.touch(&mut t, id)?;
+        match &e.state {
+            ObjectState::Remote { .. } => {
+                e.state = ObjectState::Ready(sealed.clone());
+                Ok(sealed)
+            }
+            // Another reader pulled it first.
+            ObjectState::Ready(other) => Ok(other.clone()),
+            _ => Err(GetError::ObjectLost { id }),
+        }
+    }
+
+    /// Like [`wait_ready`](Self::wait_ready), and also reads objects other nodes own (a copy
+    /// pulled for the caller, not kept). Returns the object and the refs it contains.
+    pub async fn wait_object(
+        &self,
+        id: ObjectId,
+        timeout: Option<Duration>,
+    ) -> Result<(Arc<Sealed>, Vec<ObjectId>), GetError> {
+        let elsewhere = self.is_foreign(id) && !self.lock().contains_key(&id);
+        if !elsewhere {
+            let sealed = self.wait_ready(id, timeout).await?;
+            return Ok((sealed, self.contained(id)));
+        }
+        let Some(remote) = self.remote.get() else {
+            return Err(GetError::ObjectLost { id });
+        };
+        let fut = remote.fetch(id, None);
         match timeout {
             None => fut.await,
             Some(t) => tokio::time::timeout(t, fut)
@@ -529,7 +725,10 @@ impl ObjectTable {
             match e.state {
                 ObjectState::Pending => s.pending += 1,
                 ObjectState::Failed(_) => s.failed += 1,
-                ObjectState::Ready(_) | ObjectState::Spilled(_) => {}
+                ObjectState::Ready(_)
+                | ObjectState::Spilled(_)
+                | ObjectState::Remote { .. }
+                | ObjectState::Lost { .. } => {}
             }
         }
         s

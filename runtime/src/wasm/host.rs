@@ -436,13 +436,13 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                     // Only a guest that will really block counts towards a stalled pool.
                     let pending = matches!(node.objects.state(id), Some(ObjectState::Pending));
                     let _waiting = pending.then(|| node.guest_waiting());
-                    node.objects.wait_ready(id, timeout(timeout_ms)).await
+                    node.objects.wait_object(id, timeout(timeout_ms)).await
                 };
                 let st = caller.data_mut();
                 st.resume_clock();
                 Ok(match outcome {
-                    Ok(sealed) => {
-                        for c in node.objects.contained(id) {
+                    Ok((sealed, contained)) => {
+                        for c in contained {
                             st.grant(&node.objects, c);
                         }
                         let len = sealed.layout().meta_len as i64;

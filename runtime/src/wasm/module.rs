@@ -23,6 +23,8 @@ pub struct LoadedModule {
     pub pre: InstancePre<TaskState>,
     /// Its functions, by name.
     pub functions: BTreeMap<String, FunctionSig>,
+    /// Its Wasm bytes, to ship to other nodes.
+    pub wasm: Arc<[u8]>,
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -147,6 +149,7 @@ impl ModuleRegistry {
             id,
             pre,
             functions: BTreeMap::new(),
+            wasm: wasm.into(),
         };
         let sig_names: Vec<String> = module
             .exports()

@@ -10,6 +10,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::error::{GetError, TaskError, TaskErrorKind};
 use crate::node::NodeInner;
+use crate::objects::Completed;
 use crate::store::Sealed;
 use crate::wasm::engine::{MemoryLimitExceeded, TimeLimitExceeded};
 use crate::wasm::host::{GuestFailure, HOST_FAILURE, TaskState};
@@ -61,7 +62,7 @@ pub async fn run_task(node: Arc<NodeInner>, spec: TaskSpec) {
     let mut slot = None;
     let outcome = execute(&node, &spec, &mut granted, &mut slot).await;
     let outcome = match outcome {
-        Ok(r) => Ok(r),
+        Ok((sealed, contained)) => Ok((Completed::Local(sealed), contained)),
         Err(kind) => {
             let err = TaskError {
                 function: spec.function.clone(),
@@ -133,10 +134,10 @@ async fn execute<'a>(
                 grants.extend_from_slice(refs);
                 arg_objects.push(None);
             }
-            CallArg::Object(id) => match node.objects.wait_ready(*id, None).await {
-                Ok(sealed) => {
+            CallArg::Object(id) => match node.objects.wait_object(*id, None).await {
+                Ok((sealed, contained)) => {
                     args.extend_from_slice(sealed.meta());
-                    grants.extend(node.objects.contained(*id));
+                    grants.extend(contained);
                     arg_objects.push((!sealed.layout().buffers.is_empty()).then_some(sealed));
                 }
                 Err(GetError::Task(upstream)) => {
@@ -149,6 +150,9 @@ async fn execute<'a>(
                         upstream_function: upstream.function,
                         root,
                     });
+                }
+                Err(GetError::NodeDied { node, detail, .. }) => {
+                    return Err(TaskErrorKind::NodeDied { node, detail });
                 }
                 Err(_) => {
                     return Err(TaskErrorKind::ArgumentLost {

@@ -1,0 +1,1389 @@
+//! A node's part in a cluster: its QUIC endpoint, its connections to the other nodes, the
+//! head's node table, placement of calls, calls run for other nodes, and objects pulled from
+//! them.
+//!
+//! Ownership follows Ray: the node that makes an object id (by `put`, or by submitting the
+//! call that produces it) owns it. It counts its references and knows where its bytes are. A
+//! call placed on another node produces its result there, and the result stays there (the
+//! owner records `ObjectState::Remote`) until someone reads it; small results come back with
+//! the reply. Readers on other nodes ask the owner where an object is and pull it from a
+//! holder, straight into their own store.
+//!
+//! All network I/O runs on a small runtime of its own, so busy guests never delay keep-alives
+//! or replies.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use ferry_abi::abi::CallArg;
+use ferry_abi::{ModuleId, ObjectId};
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::OnceCell;
+
+use crate::error::{GetError, TaskError, TaskErrorKind};
+use crate::ids::NodeId;
+use crate::net::proto::{
+    self, Load, MAX_FRAME, Member, NodeInfo, ProtoError, RefOp, Request, Response, WireLocation,
+    WireObject, WireOutcome, WireTask, WireTaskError,
+};
+use crate::net::tls::{Credentials, NODE_NAME, TlsError};
+use crate::node::NodeInner;
+use crate::objects::{BoxFuture, Completed, ObjectState, ObjectWithRefs, RemoteObjects, WaitFlags};
+use crate::store::Sealed;
+use crate::wasm::TaskSpec;
+
+/// Results at most this large go back to the owner with the reply instead of staying on the
+/// node that made them (Ray inlines small results the same way).
+pub const INLINE_MAX: u64 = 64 << 10;
+
+/// Argument bytes on one node from which placement prefers that node.
+pub const LOCALITY_MIN: u64 = 64 << 10;
+
+/// Largest module accepted from a peer.
+pub const MAX_MODULE: u64 = 256 << 20;
+
+/// How a node takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The cluster CA and this node's certificate.
+    pub credentials: Credentials,
+    /// Where to accept connections (`None`: a driver, which only connects out).
+    pub listen: Option<SocketAddr>,
+    /// The head to join (`None`: this node is the head).
+    pub head: Option<SocketAddr>,
+    /// Whether this node runs calls (drivers do not).
+    pub worker: bool,
+    /// A peer silent for this long is dead. Default: 5 s.
+    pub idle_timeout: Duration,
+    /// How often a node reports its load to the head. Default: 500 ms.
+    pub heartbeat: Duration,
+}
+
+impl ClusterOptions {
+    /// Options with the defaults.
+    pub fn new(credentials: Credentials) -> Self {
+        Self {
+            credentials,
+            listen: None,
+            head: None,
+            worker: true,
+            idle_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A node could not join or serve a cluster, or a request to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Certificates.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A connection could not be made or broke.
+    #[error("connection to {peer} failed: {detail}")]
+    Connection {
+        /// The peer (address or node id).
+        peer: String,
+        /// What happened.
+        detail: String,
+    },
+    /// The peer sent something that is not the protocol.
+    #[error("protocol error from {peer}: {source}")]
+    Protocol {
+        /// The peer.
+        peer: String,
+        /// The decoder's error.
+        #[source]
+        source: ProtoError,
+    },
+    /// The peer answered with an error.
+    #[error("{peer} refused: {message}")]
+    Refused {
+        /// The peer.
+        peer: String,
+        /// Its message.
+        message: String,
+    },
+    /// The node is known to be dead.
+    #[error("node {node} is dead ({reason})")]
+    Dead {
+        /// The node.
+        node: NodeId,
+        /// Why it is considered dead.
+        reason: String,
+    },
+    /// The node is not known to the cluster.
+    #[error("node {0} is not a member of the cluster")]
+    UnknownNode(NodeId),
+    /// The runtime could not start.
+    #[error("could not start the network runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+fn conn_err(peer: impl std::fmt::Display, e: impl std::fmt::Display) -> NetError {
+    NetError::Connection {
+        peer: peer.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// Why a pull failed; cloneable so that deduplicated waiters all get it.
+#[derive(Debug, Clone)]
+enum PullError {
+    Task(TaskError),
+    Lost,
+    Died { node: NodeId, detail: String },
+    Unavailable(String),
+}
+
+impl PullError {
+    fn into_get(self, id: ObjectId) -> GetError {
+        match self {
+            Self::Task(e) => GetError::Task(e),
+            Self::Lost => GetError::ObjectLost { id },
+            Self::Died { node, detail } => GetError::NodeDied { id, node, detail },
+            Self::Unavailable(reason) => GetError::Unavailable { id, reason },
+        }
+    }
+}
+
+type Pulled = Result<(Arc<Sealed>, Vec<ObjectId>), PullError>;
+
+/// A module being fetched and loaded, shared by the calls that need it.
+type ModuleLoad = Arc<OnceCell<Result<(), String>>>;
+
+/// A node's membership in a cluster.
+pub struct Cluster {
+    me: NodeInfo,
+    node: Weak<NodeInner>,
+    this: Weak<Cluster>,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    head: Option<SocketAddr>,
+    head_id: AtomicU64,
+    net: Handle,
+    runtime: Mutex<Option<Runtime>>,
+    /// The node table: authoritative on the head, the head's last answer elsewhere.
+    members: Mutex<BTreeMap<u64, Member>>,
+    peers: Mutex<HashMap<u64, Connection>>,
+    dead: Mutex<HashMap<u64, String>>,
+    /// Calls this node sent to each node that have not finished.
+    inflight: Mutex<HashMap<u64, u64>>,
+    pulls: Mutex<HashMap<ObjectId, Arc<OnceCell<Pulled>>>>,
+    module_loads: Mutex<HashMap<ModuleId, ModuleLoad>>,
+    modules_fetched: AtomicU64,
+    bytes_pulled: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("me", &self.me).finish()
+    }
+}
+
+impl Cluster {
+    /// Joins (or, without `head`, starts) a cluster as `node`, and connects the node's object
+    /// table to it.
+    pub fn start(node: &Arc<NodeInner>, opts: ClusterOptions) -> Result<Arc<Self>, NetError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ferry-net")
+            .enable_all()
+            .build()
+            .map_err(NetError::Runtime)?;
+        let net = runtime.handle().clone();
+        let client_config = opts.credentials.client_config(opts.idle_timeout)?;
+        let endpoint = {
+            let _guard = runtime.enter();
+            let mut endpoint = match opts.listen {
+                Some(addr) => {
+                    let server = opts.credentials.server_config(opts.idle_timeout)?;
+                    quinn::Endpoint::server(server, addr)
+                        .map_err(|source| NetError::Bind { addr, source })?
+                }
+                None => {
+                    let addr: SocketAddr = match opts.head {
+                        Some(h) if h.ip().is_loopback() => "127.0.0.1:0",
+                        Some(h) if h.is_ipv6() => "[::]:0",
+                        _ => "0.0.0.0:0",
+                    }
+                    .parse()
+                    .expect("a valid literal address");
+                    quinn::Endpoint::client(addr)
+                        .map_err(|source| NetError::Bind { addr, source })?
+                }
+            };
+            endpoint.set_default_client_config(client_config.clone());
+            endpoint
+        };
+        let me = NodeInfo {
+            id: node.id.0,
+            addr: match opts.listen {
+                Some(_) => endpoint.local_addr().ok(),
+                None => None,
+            },
+            worker: opts.worker,
+            cores: node.config.workers as u32,
+        };
+        let cluster = Arc::new_cyclic(|this| Self {
+            me: me.clone(),
+            node: Arc::downgrade(node),
+            this: this.clone(),
+            endpoint: endpoint.clone(),
+            client_config,
+            head: opts.head,
+            head_id: AtomicU64::new(if opts.head.is_none() { me.id } else { 0 }),
+            net: net.clone(),
+            runtime: Mutex::new(Some(runtime)),
+            members: Mutex::new(BTreeMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            dead: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            pulls: Mutex::new(HashMap::new()),
+            module_loads: Mutex::new(HashMap::new()),
+            modules_fetched: AtomicU64::new(0),
+            bytes_pulled: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        node.objects.set_remote(cluster.clone());
+        if opts.listen.is_some() {
+            let c = cluster.clone();
+            net.spawn(async move { c.accept_loop().await });
+        }
+        match opts.head {
+            None => {
+                cluster.lock_members().insert(
+                    me.id,
+                    Member {
+                        info: me.clone(),
+                        load: Load::default(),
+                        alive: true,
+                        reason: None,
+                    },
+                );
+            }
+            Some(head) => {
+                let c = cluster.clone();
+                let joined = net.block_on(async move { c.join(head).await });
+                if let Err(e) = joined {
+                    cluster.shutdown();
+                    return Err(e);
+                }
+                let c = cluster.clone();
+                let every = opts.heartbeat;
+                net.spawn(async move { c.heartbeat_loop(every).await });
+            }
+        }
+        tracing::info!(node = %node.id, addr = ?me.addr, "joined the cluster");
+        Ok(cluster)
+    }
+
+    /// Where this node accepts connections.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.me.addr
+    }
+
+    /// Stops serving: closes every connection and the endpoint.
+    pub fn shutdown(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.endpoint.close(0u32.into(), b"node stopping");
+        // Give the close frames a moment to leave, so peers see a clean stop rather than a
+        // timeout. (A std channel: this may run on any thread, async or not.)
+        let (tx, rx) = std::sync::mpsc::channel();
+        let endpoint = self.endpoint.clone();
+        self.net.spawn(async move {
+            endpoint.wait_idle().await;
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(Duration::from_millis(500));
+        if let Some(rt) = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            rt.shutdown_background();
+        }
+    }
+
+    fn arc(&self) -> Arc<Self> {
+        self.this.upgrade().expect("a live cluster has a live Arc")
+    }
+
+    fn node(&self) -> Option<Arc<NodeInner>> {
+        self.node.upgrade()
+    }
+
+    fn lock_members(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Member>> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_head(&self) -> bool {
+        self.head.is_none()
+    }
+
+    fn dead_reason(&self, id: u64) -> Option<String> {
+        self.dead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// This node's load now.
+    pub fn load(&self) -> Load {
+        let Some(node) = self.node() else {
+            return Load::default();
+        };
+        let s = node.stats();
+        let running = (node.config.max_instances.max(1) as usize)
+            .saturating_sub(node.instance_slots.available_permits()) as u64;
+        let open = s.tasks_submitted.saturating_sub(s.tasks_finished);
+        Load {
+            store_used: s.store.used,
+            store_capacity: s.store.capacity,
+            running,
+            queued: open.saturating_sub(running),
+            calls_finished: s.tasks_finished,
+            modules_compiled: s.modules.compiled,
+            modules_fetched: self.modules_fetched.load(Ordering::Relaxed),
+            bytes_pulled: self.bytes_pulled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The node table, from the head (this node's own copy if the head cannot be reached).
+    pub async fn members(&self) -> Vec<Member> {
+        if self.is_head() {
+            return self.head_members();
+        }
+        let head = self.head_id.load(Ordering::Relaxed);
+        match self.request(head, &Request::Members).await {
+            Ok((Response::Members(m), _)) => m,
+            _ => self.lock_members().values().cloned().collect(),
+        }
+    }
+
+    /// [`members`](Self::members) for code that is not async (any thread).
+    pub fn members_blocking(&self) -> Vec<Member> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = self.arc();
+        self.net.spawn(async move {
+            let _ = tx.send(c.members().await);
+        });
+        rx.recv().unwrap_or_default()
+    }
+
+    fn head_members(&self) -> Vec<Member> {
+        let mut m = self.lock_members();
+        if let Some(me) = m.get_mut(&self.me.id) {
+            me.load = self.load();
+        }
+        m.values().cloned().collect()
+    }
+
+    // ---- connections ----
+
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let c = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(conn) => c.serve(conn, None),
+                    Err(e) => tracing::warn!("refused a connection from {remote}: {e}"),
+                }
+            });
+        }
+    }
+
+    /// Serves the requests a peer opens on `conn`.
+    fn serve(self: &Arc<Self>, conn: Connection, known: Option<u64>) {
+        let c = self.clone();
+        self.net.spawn(async move {
+            let peer: Arc<OnceLock<u64>> = Arc::new(OnceLock::new());
+            if let Some(id) = known {
+                let _ = peer.set(id);
+            }
+            loop {
+                match conn.accept_bi().await {
+                    Ok((send, recv)) => {
+                        let (c, conn, peer) = (c.clone(), conn.clone(), peer.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = c.handle(&conn, &peer, send, recv).await {
+                                tracing::debug!("request from {}: {e}", conn.remote_address());
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        if let Some(&id) = peer.get() {
+                            c.connection_lost(id, &conn, &e.to_string());
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// A connection to `id` closed: the node is dead unless another connection to it lives.
+    fn connection_lost(&self, id: u64, conn: &Connection, reason: &str) {
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(current) = peers.get(&id)
+                && current.stable_id() != conn.stable_id()
+                && current.close_reason().is_none()
+            {
+                // Another connection to the same node is still up.
+                return;
+            }
+            peers.remove(&id);
+        }
+        self.node_lost(id, &format!("connection lost: {reason}"));
+    }
+
+    /// Marks `id` dead: calls running there fail, objects only it held are lost.
+    fn node_lost(&self, id: u64, reason: &str) {
+        if id == self.me.id || self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+            if dead.contains_key(&id) {
+                return;
+            }
+            dead.insert(id, reason.to_owned());
+        }
+        {
+            let mut members = self.lock_members();
+            match members.get_mut(&id) {
+                // A driver that goes away just leaves (what it owned is lost with it).
+                Some(m) if !m.info.worker => {
+                    tracing::info!("driver {} left: {reason}", NodeId(id));
+                    members.remove(&id);
+                }
+                Some(m) => {
+                    tracing::warn!("node {} is dead: {reason}", NodeId(id));
+                    m.alive = false;
+                    m.reason = Some(reason.to_owned());
+                }
+                None => tracing::info!("peer {} is gone: {reason}", NodeId(id)),
+            }
+        }
+        if let Some(conn) = self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+        {
+            conn.close(1u32.into(), b"declared dead");
+        }
+        if let Some(node) = self.node() {
+            node.objects.lose_node(NodeId(id), reason);
+        }
+    }
+
+    /// A connection to node `id`, made if needed.
+    async fn peer(&self, id: u64) -> Result<Connection, NetError> {
+        if let Some(reason) = self.dead_reason(id) {
+            return Err(NetError::Dead {
+                node: NodeId(id),
+                reason,
+            });
+        }
+        if let Some(c) = self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let addr = self
+            .lock_members()
+            .get(&id)
+            .and_then(|m| m.info.addr)
+            .ok_or(NetError::UnknownNode(NodeId(id)))?;
+        let (conn, info) = self.connect(addr).await?;
+        if info.id != id {
+            return Err(conn_err(
+                addr,
+                format!("expected node {} but found {}", NodeId(id), NodeId(info.id)),
+            ));
+        }
+        Ok(conn)
+    }
+
+    /// Connects to `addr`, says hello, and serves the peer's requests on the connection.
+    async fn connect(&self, addr: SocketAddr) -> Result<(Connection, NodeInfo), NetError> {
+        let conn = self
+            .endpoint
+            .connect_with(self.client_config.clone(), addr, NODE_NAME)
+            .map_err(|e| conn_err(addr, e))?
+            .await
+            .map_err(|e| conn_err(addr, e))?;
+        let info = match request_on(&conn, &Request::Hello(self.me.clone())).await? {
+            (Response::Welcome(info), _) => info,
+            (other, _) => {
+                return Err(NetError::Protocol {
+                    peer: addr.to_string(),
+                    source: ProtoError::Unexpected(format!("{other:?} in answer to Hello")),
+                });
+            }
+        };
+        self.register(info.id, &conn);
+        self.arc().serve(conn.clone(), Some(info.id));
+        Ok((conn, info))
+    }
+
+    fn register(&self, id: u64, conn: &Connection) {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, conn.clone());
+        // Watch it: a connection that closes means the node is gone.
+        let (c, conn) = (self.arc(), conn.clone());
+        self.net.spawn(async move {
+            let reason = conn.closed().await;
+            c.connection_lost(id, &conn, &reason.to_string());
+        });
+    }
+
+    async fn request(&self, id: u64, req: &Request) -> Result<(Response, RecvStream), NetError> {
+        let conn = self.peer(id).await?;
+        request_on(&conn, req).await.map_err(|e| match e {
+            NetError::Connection { detail, .. } => match self.dead_reason(id) {
+                Some(reason) => NetError::Dead {
+                    node: NodeId(id),
+                    reason,
+                },
+                None => conn_err(NodeId(id), detail),
+            },
+            other => other,
+        })
+    }
+
+    // ---- membership ----
+
+    async fn join(&self, head: SocketAddr) -> Result<(), NetError> {
+        let (_conn, info) = self.connect(head).await?;
+        self.head_id.store(info.id, Ordering::Relaxed);
+        self.lock_members().insert(
+            info.id,
+            Member {
+                info: info.clone(),
+                load: Load::default(),
+                alive: true,
+                reason: None,
+            },
+        );
+        self.heartbeat().await
+    }
+
+    async fn heartbeat(&self) -> Result<(), NetError> {
+        let head = self.head_id.load(Ordering::Relaxed);
+        match self.request(head, &Request::Heartbeat(self.load())).await? {
+            (Response::Members(list), _) => {
+                let dead: Vec<(u64, String)> = list
+                    .iter()
+                    .filter(|m| !m.alive)
+                    .map(|m| (m.info.id, m.reason.clone().unwrap_or_default()))
+                    .collect();
+                {
+                    let mut members = self.lock_members();
+                    for m in list {
+                        members.insert(m.info.id, m);
+                    }
+                }
+                for (id, reason) in dead {
+                    self.node_lost(id, &format!("the head reports it dead: {reason}"));
+                }
+                Ok(())
+            }
+            (other, _) => Err(NetError::Protocol {
+                peer: "head".into(),
+                source: ProtoError::Unexpected(format!("{other:?} in answer to Heartbeat")),
+            }),
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, every: Duration) {
+        let mut warned = false;
+        loop {
+            tokio::time::sleep(every).await;
+            match self.heartbeat().await {
+                Ok(()) => warned = false,
+                Err(e) if !warned => {
+                    tracing::warn!("cannot report to the head: {e}");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    // ---- serving ----
+
+    async fn handle(
+        &self,
+        conn: &Connection,
+        peer: &OnceLock<u64>,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) -> Result<(), NetError> {
+        let who = conn.remote_address().to_string();
+        let req: Request = read_frame(&mut recv)
+            .await
+            .map_err(|source| NetError::Protocol {
+                peer: who.clone(),
+                source,
+            })?;
+        let Some(node) = self.node() else {
+            return Ok(());
+        };
+        let response = match req {
+            Request::Hello(info) => {
+                let _ = peer.set(info.id);
+                self.register(info.id, conn);
+                if self.is_head() {
+                    tracing::info!(node = %NodeId(info.id), addr = ?info.addr, worker = info.worker, "a node joined");
+                    self.lock_members().insert(
+                        info.id,
+                        Member {
+                            info,
+                            load: Load::default(),
+                            alive: true,
+                            reason: None,
+                        },
+                    );
+                }
+                Response::Welcome(self.me.clone())
+            }
+            Request::Heartbeat(load) => {
+                if let Some(&id) = peer.get()
+                    && let Some(m) = self.lock_members().get_mut(&id)
+                {
+                    m.load = load;
+                }
+                Response::Members(self.head_members())
+            }
+            Request::Members => Response::Members(self.members().await),
+            Request::Run(task) => {
+                let from = peer.get().copied().unwrap_or(0);
+                let outcome = self.run_for_peer(&node, from, task).await;
+                return self.reply_outcome(&node, send, outcome).await;
+            }
+            Request::Module(id) => match node.modules.get(&id) {
+                Some(m) => {
+                    write_frame(
+                        &mut send,
+                        &Response::Module {
+                            len: m.wasm.len() as u64,
+                        },
+                    )
+                    .await?;
+                    send.write_all(&m.wasm)
+                        .await
+                        .map_err(|e| conn_err(&who, e))?;
+                    let _ = send.finish();
+                    return Ok(());
+                }
+                None => Response::Error(format!("module {id} is not loaded here")),
+            },
+            Request::Locate { id, wait_ms } => {
+                Response::Location(self.locate(&node, id, wait_ms).await)
+            }
+            Request::Fetch(id) => {
+                return self.serve_fetch(&node, id, send).await;
+            }
+            Request::Refs(ops) => {
+                for op in ops {
+                    match op {
+                        RefOp::Borrow(id) => {
+                            node.objects.retain(id);
+                        }
+                        RefOp::Release(id) | RefOp::FreeCopy(id) => node.objects.release(id),
+                    }
+                }
+                Response::Ack
+            }
+        };
+        write_frame(&mut send, &response).await?;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    async fn locate(&self, node: &Arc<NodeInner>, id: ObjectId, wait_ms: u64) -> WireLocation {
+        let wait = Duration::from_millis(wait_ms.min(60_000));
+        node.objects
+            .wait_many(&[id], 1, Some(wait), WaitFlags::All)
+            .await;
+        match node.objects.state(id) {
+            None => WireLocation::Unknown,
+            Some(ObjectState::Pending) => WireLocation::Pending,
+            Some(ObjectState::Ready(_) | ObjectState::Spilled(_)) => {
+                WireLocation::At(vec![self.me.id])
+            }
+            Some(ObjectState::Remote { holder, .. }) => WireLocation::At(vec![holder.0]),
+            Some(ObjectState::Failed(e)) => WireLocation::Failed(WireTaskError::from(&*e)),
+            Some(ObjectState::Lost { node, .. }) => WireLocation::Lost { node: node.0 },
+        }
+    }
+
+    async fn serve_fetch(
+        &self,
+        node: &Arc<NodeInner>,
+        id: ObjectId,
+        mut send: SendStream,
+    ) -> Result<(), NetError> {
+        let local = node.objects.state(id).is_some();
+        let found = if local {
+            node.objects
+                .wait_object(id, Some(Duration::from_secs(30)))
+                .await
+        } else {
+            Err(GetError::ObjectLost { id })
+        };
+        let (sealed, contained) = match found {
+            Ok(x) => x,
+            Err(e) => {
+                write_frame(&mut send, &Response::Error(e.to_string())).await?;
+                let _ = send.finish();
+                return Ok(());
+            }
+        };
+        let header = object_header(&sealed, contained);
+        write_frame(&mut send, &Response::Object(header)).await?;
+        // Straight from the store mapping; the `Arc` pins the bytes meanwhile.
+        send.write_all(sealed.bytes())
+            .await
+            .map_err(|e| conn_err("fetcher", e))?;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    /// Runs a call another node placed here, and keeps its result for that node.
+    async fn run_for_peer(
+        &self,
+        node: &Arc<NodeInner>,
+        from: u64,
+        task: WireTask,
+    ) -> Result<ObjectId, TaskError> {
+        let fail = |kind| TaskError {
+            function: task.function.clone(),
+            node: node.id,
+            kind,
+        };
+        if let Err(detail) = self.ensure_module(node, from, task.module).await {
+            return Err(fail(TaskErrorKind::Host { detail }));
+        }
+        let spec = TaskSpec {
+            module: task.module,
+            function: task.function.clone(),
+            args: task.args,
+            result: task.result,
+        };
+        // The arguments are counted by their owners; objects this node owns are counted
+        // here too, balancing the release when the call finishes.
+        for id in spec.held_refs() {
+            node.objects.retain(id);
+        }
+        // One count for the owner (until it frees the result), one for the task.
+        node.objects.insert_pending(spec.result, 2);
+        let result = spec.result;
+        let n = node.clone();
+        node.tasks_submitted.fetch_add(1, Ordering::Relaxed);
+        node.handle.spawn(async move {
+            crate::wasm::run_task(n.clone(), spec).await;
+            n.tasks_finished.fetch_add(1, Ordering::Relaxed);
+        });
+        node.objects
+            .wait_many(&[result], 1, None, WaitFlags::All)
+            .await;
+        Ok(result)
+    }
+
+    async fn reply_outcome(
+        &self,
+        node: &Arc<NodeInner>,
+        mut send: SendStream,
+        outcome: Result<ObjectId, TaskError>,
+    ) -> Result<(), NetError> {
+        let result = match outcome {
+            Ok(id) => id,
+            Err(e) => {
+                let r = Response::Done(WireOutcome::Failed(WireTaskError::from(&e)));
+                write_frame(&mut send, &r).await?;
+                let _ = send.finish();
+                return Ok(());
+            }
+        };
+        let state = node.objects.state(result);
+        let contained = node.objects.contained(result);
+        let (response, inline) = match state {
+            Some(ObjectState::Failed(e)) => {
+                node.objects.release(result);
+                (Response::Done(WireOutcome::Failed((&*e).into())), None)
+            }
+            Some(ObjectState::Ready(sealed)) if sealed.len() as u64 <= INLINE_MAX => {
+                let header = object_header(&sealed, contained);
+                // The owner keeps it: our copy goes once it is sent.
+                node.objects.release(result);
+                (Response::Done(WireOutcome::Inline(header)), Some(sealed))
+            }
+            Some(ObjectState::Ready(sealed)) => (
+                Response::Done(WireOutcome::Held {
+                    len: sealed.len() as u64,
+                    contained,
+                }),
+                None,
+            ),
+            Some(ObjectState::Spilled(_)) => (
+                Response::Done(WireOutcome::Held { len: 0, contained }),
+                None,
+            ),
+            other => {
+                let e = TaskError {
+                    function: String::new(),
+                    node: node.id,
+                    kind: TaskErrorKind::Host {
+                        detail: format!("the result vanished ({other:?})"),
+                    },
+                };
+                (Response::Done(WireOutcome::Failed((&e).into())), None)
+            }
+        };
+        write_frame(&mut send, &response).await?;
+        if let Some(sealed) = inline {
+            send.write_all(sealed.bytes())
+                .await
+                .map_err(|e| conn_err("caller", e))?;
+        }
+        let _ = send.finish();
+        Ok(())
+    }
+
+    /// Makes sure `module` is loaded here, fetching its bytes from node `from` if not. Loads
+    /// of one module are shared; other requests keep flowing meanwhile.
+    async fn ensure_module(
+        &self,
+        node: &Arc<NodeInner>,
+        from: u64,
+        module: ModuleId,
+    ) -> Result<(), String> {
+        if node.modules.get(&module).is_some() {
+            return Ok(());
+        }
+        let cell = self
+            .module_loads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(module)
+            .or_default()
+            .clone();
+        let r = cell
+            .get_or_init(|| async {
+                let wasm = self.fetch_module(from, module).await?;
+                self.modules_fetched.fetch_add(1, Ordering::Relaxed);
+                let n = node.clone();
+                // Compiling runs on the node's workers, never on the network's thread.
+                node.handle
+                    .spawn(async move {
+                        let _slot = n.instance_slots.acquire().await;
+                        let (time, mem) = (n.config.time_limit, n.config.memory_limit);
+                        n.modules.load(&wasm, time, mem).await.map(|_| ())
+                    })
+                    .await
+                    .map_err(|e| format!("loading module {module} failed: {e}"))?
+                    .map_err(|e| format!("module {module}: {e}"))
+            })
+            .await
+            .clone();
+        if r.is_err() {
+            // Let a later call try again.
+            self.module_loads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&module);
+        }
+        r
+    }
+
+    async fn fetch_module(&self, from: u64, module: ModuleId) -> Result<Vec<u8>, String> {
+        let fail = |e: &dyn std::fmt::Display| {
+            format!(
+                "could not fetch module {module} from node {}: {e}",
+                NodeId(from)
+            )
+        };
+        let (resp, mut recv) = self
+            .request(from, &Request::Module(module))
+            .await
+            .map_err(|e| fail(&e))?;
+        let len = match resp {
+            Response::Module { len } if len <= MAX_MODULE => len,
+            Response::Module { len } => {
+                return Err(fail(&format!(
+                    "{len} bytes is over the limit of {MAX_MODULE}"
+                )));
+            }
+            Response::Error(m) => return Err(fail(&m)),
+            other => return Err(fail(&format!("unexpected answer {other:?}"))),
+        };
+        let mut wasm = vec![0u8; len as usize];
+        recv.read_exact(&mut wasm).await.map_err(|e| fail(&e))?;
+        if crate::wasm::module_id(&wasm) != module {
+            return Err(fail(&"the bytes do not hash to the module's id"));
+        }
+        Ok(wasm)
+    }
+
+    // ---- calls placed on other nodes ----
+
+    /// Where a call with `args` should run: `Ok(None)` here, `Ok(Some(node))` there, `Err` if
+    /// no node of the cluster runs calls.
+    pub fn place(&self, node: &NodeInner, args: &[CallArg]) -> Result<Option<NodeId>, String> {
+        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let inflight = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut candidates: Vec<(u64, f64)> = Vec::new();
+        let mut queued_of: HashMap<u64, u64> = HashMap::new();
+        if self.me.worker {
+            let l = self.load();
+            let cores = self.me.cores.max(1) as f64;
+            candidates.push((self.me.id, (l.running + l.queued) as f64 / cores));
+            queued_of.insert(self.me.id, l.queued);
+        }
+        for m in self.lock_members().values() {
+            if m.info.id == self.me.id
+                || !m.alive
+                || !m.info.worker
+                || dead.contains_key(&m.info.id)
+            {
+                continue;
+            }
+            let sent = inflight.get(&m.info.id).copied().unwrap_or(0);
+            let busy = (m.load.running + m.load.queued).max(sent);
+            candidates.push((m.info.id, busy as f64 / m.info.cores.max(1) as f64));
+            queued_of.insert(m.info.id, m.load.queued.max(sent));
+        }
+        if candidates.is_empty() {
+            return Err("no live node in the cluster runs calls".into());
+        }
+        // Locality: the node holding most of the top-level argument bytes, unless its queue
+        // is full.
+        let mut bytes: HashMap<u64, u64> = HashMap::new();
+        for a in args {
+            if let CallArg::Object(id) = a {
+                match node.objects.state(*id) {
+                    Some(ObjectState::Ready(s)) => {
+                        *bytes.entry(self.me.id).or_default() += s.len() as u64
+                    }
+                    Some(ObjectState::Spilled(_)) => {
+                        *bytes.entry(self.me.id).or_default() += LOCALITY_MIN
+                    }
+                    Some(ObjectState::Remote { holder, len }) => {
+                        *bytes.entry(holder.0).or_default() += len
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let full = |id: u64| {
+            queued_of.get(&id).copied().unwrap_or(0) >= 4 * node.config.workers.max(1) as u64
+        };
+        if let Some((&best, &b)) = bytes.iter().max_by_key(|(_, b)| **b)
+            && b >= LOCALITY_MIN
+            && candidates.iter().any(|c| c.0 == best)
+            && !full(best)
+        {
+            return Ok((best != self.me.id).then_some(NodeId(best)));
+        }
+        // Least loaded; this node wins ties (no network hop), else a tie is broken at random
+        // so that a driver's calls spread.
+        let min = candidates.iter().map(|c| c.1).fold(f64::INFINITY, f64::min);
+        let tied: Vec<u64> = candidates
+            .iter()
+            .filter(|c| c.1 <= min)
+            .map(|c| c.0)
+            .collect();
+        if tied.contains(&self.me.id) {
+            return Ok(None);
+        }
+        let pick = tied[(crate::ids::random_u64() % tied.len() as u64) as usize];
+        Ok(Some(NodeId(pick)))
+    }
+
+    /// Runs `spec` on `target` and records the outcome as the result's owner.
+    pub fn spawn_remote(&self, node: Arc<NodeInner>, target: NodeId, spec: TaskSpec) {
+        let c = self.arc();
+        *self
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(target.0)
+            .or_default() += 1;
+        self.net.spawn(async move {
+            let mut guard = RemoteCompletion {
+                node: &node,
+                spec: &spec,
+                target,
+                done: false,
+            };
+            let outcome = c.run_remote(&node, target, &spec).await;
+            node.objects
+                .complete(spec.result, outcome, &spec.held_refs());
+            guard.done = true;
+            if let Some(n) = c
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&target.0)
+            {
+                *n = n.saturating_sub(1);
+            }
+        });
+    }
+
+    async fn run_remote(
+        &self,
+        node: &Arc<NodeInner>,
+        target: NodeId,
+        spec: &TaskSpec,
+    ) -> Result<(Completed, Vec<ObjectId>), Arc<TaskError>> {
+        let fail = |kind| {
+            Arc::new(TaskError {
+                function: spec.function.clone(),
+                node: target,
+                kind,
+            })
+        };
+        let task = WireTask {
+            module: spec.module,
+            function: spec.function.clone(),
+            args: spec.args.clone(),
+            result: spec.result,
+        };
+        let died = |detail: String| {
+            fail(TaskErrorKind::NodeDied {
+                node: target,
+                detail,
+            })
+        };
+        let (resp, mut recv) = match self.request(target.0, &Request::Run(task)).await {
+            Ok(x) => x,
+            Err(NetError::Dead { reason, .. }) => return Err(died(reason)),
+            Err(e) => return Err(died(e.to_string())),
+        };
+        match resp {
+            Response::Done(WireOutcome::Held { len, contained }) => Ok((
+                Completed::Remote {
+                    holder: target,
+                    len,
+                },
+                contained,
+            )),
+            Response::Done(WireOutcome::Inline(header)) => {
+                match self.receive_object(node, &header, &mut recv).await {
+                    Ok(sealed) => Ok((Completed::Local(sealed), header.contained)),
+                    Err(e) => Err(died(format!("the result did not arrive: {e}"))),
+                }
+            }
+            Response::Done(WireOutcome::Failed(w)) => Err(Arc::new(TaskError::from(w))),
+            other => Err(fail(TaskErrorKind::Host {
+                detail: format!("unexpected answer from node {target}: {other:?}"),
+            })),
+        }
+    }
+
+    /// Reads an object announced by `header` from `recv` straight into a new block of this
+    /// node's store.
+    async fn receive_object(
+        &self,
+        node: &NodeInner,
+        header: &WireObject,
+        recv: &mut RecvStream,
+    ) -> Result<Arc<Sealed>, String> {
+        let layout = proto::check_object(header, node.objects.store().stats().capacity)
+            .map_err(|e| e.to_string())?;
+        let mut block = node.objects.allocate(layout).map_err(|e| e.to_string())?;
+        recv.read_exact(block.as_mut_slice())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.bytes_pulled
+            .fetch_add(header.total_len, Ordering::Relaxed);
+        Ok(block.seal())
+    }
+
+    // ---- pulling objects ----
+
+    async fn pull(self: Arc<Self>, id: ObjectId, holder: Option<NodeId>) -> Pulled {
+        let cell = self
+            .pulls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .clone();
+        let r = cell
+            .get_or_init(|| self.pull_once(id, holder))
+            .await
+            .clone();
+        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        if pulls.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            pulls.remove(&id);
+        }
+        r
+    }
+
+    async fn pull_once(&self, id: ObjectId, holder: Option<NodeId>) -> Pulled {
+        let Some(node) = self.node() else {
+            return Err(PullError::Unavailable("the node is stopping".into()));
+        };
+        let holders = match holder {
+            Some(h) => vec![h.0],
+            None => self.locate_at_owner(id).await?,
+        };
+        let mut last = PullError::Lost;
+        for h in holders {
+            if h == self.me.id {
+                match node.objects.wait_ready(id, None).await {
+                    Ok(s) => return Ok((s, node.objects.contained(id))),
+                    Err(e) => {
+                        last = PullError::Unavailable(e.to_string());
+                        continue;
+                    }
+                }
+            }
+            match self.fetch_from(&node, h, id).await {
+                Ok(x) => return Ok(x),
+                Err(e) => {
+                    tracing::debug!("pulling {id} from node {} failed: {e:?}", NodeId(h));
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn locate_at_owner(&self, id: ObjectId) -> Result<Vec<u64>, PullError> {
+        let owner = id.owner();
+        loop {
+            let resp = self
+                .request(
+                    owner,
+                    &Request::Locate {
+                        id,
+                        wait_ms: 10_000,
+                    },
+                )
+                .await;
+            match resp {
+                Ok((Response::Location(loc), _)) => match loc {
+                    WireLocation::At(holders) => return Ok(holders),
+                    WireLocation::Pending => continue,
+                    WireLocation::Failed(e) => return Err(PullError::Task(e.into())),
+                    WireLocation::Unknown => return Err(PullError::Lost),
+                    WireLocation::Lost { node } => {
+                        return Err(PullError::Died {
+                            node: NodeId(node),
+                            detail: "it held the only copy".into(),
+                        });
+                    }
+                },
+                Ok((other, _)) => {
+                    return Err(PullError::Unavailable(format!(
+                        "owner {} answered {other:?}",
+                        NodeId(owner)
+                    )));
+                }
+                Err(NetError::Dead { node, reason }) => {
+                    return Err(PullError::Died {
+                        node,
+                        detail: reason,
+                    });
+                }
+                Err(NetError::UnknownNode(_)) => return Err(PullError::Lost),
+                Err(e) => {
+                    return Err(PullError::Died {
+                        node: NodeId(owner),
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn fetch_from(&self, node: &NodeInner, holder: u64, id: ObjectId) -> Pulled {
+        let died = |detail: String| PullError::Died {
+            node: NodeId(holder),
+            detail,
+        };
+        let (resp, mut recv) = match self.request(holder, &Request::Fetch(id)).await {
+            Ok(x) => x,
+            Err(NetError::Dead { node, reason }) => {
+                return Err(PullError::Died {
+                    node,
+                    detail: reason,
+                });
+            }
+            Err(e) => return Err(died(e.to_string())),
+        };
+        match resp {
+            Response::Object(header) => {
+                let sealed = self
+                    .receive_object(node, &header, &mut recv)
+                    .await
+                    .map_err(|e| PullError::Unavailable(format!("transfer failed: {e}")))?;
+                Ok((sealed, header.contained))
+            }
+            Response::Error(m) => Err(PullError::Unavailable(format!(
+                "node {} cannot serve it: {m}",
+                NodeId(holder)
+            ))),
+            other => Err(PullError::Unavailable(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+}
+
+impl RemoteObjects for Cluster {
+    fn fetch(
+        &self,
+        id: ObjectId,
+        holder: Option<NodeId>,
+    ) -> BoxFuture<Result<ObjectWithRefs, GetError>> {
+        let c = self.arc();
+        let task = self.net.spawn(async move { c.pull(id, holder).await });
+        Box::pin(async move {
+            match task.await {
+                Ok(r) => r.map_err(|e| e.into_get(id)),
+                Err(_) => Err(GetError::NodeStopped),
+            }
+        })
+    }
+
+    fn free_copy(&self, id: ObjectId, holder: NodeId) {
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let c = self.arc();
+        self.net.spawn(async move {
+            if let Err(e) = c
+                .request(holder.0, &Request::Refs(vec![RefOp::FreeCopy(id)]))
+                .await
+            {
+                tracing::debug!("could not tell node {holder} to free {id}: {e}");
+            }
+        });
+    }
+}
+
+/// Fails a remote call's result if its future is dropped first (the node stopping).
+struct RemoteCompletion<'a> {
+    node: &'a NodeInner,
+    spec: &'a TaskSpec,
+    target: NodeId,
+    done: bool,
+}
+
+impl Drop for RemoteCompletion<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let err = TaskError {
+            function: self.spec.function.clone(),
+            node: self.target,
+            kind: TaskErrorKind::Host {
+                detail: "the call was abandoned (this node is shutting down)".into(),
+            },
+        };
+        self.node
+            .objects
+            .complete(self.spec.result, Err(Arc::new(err)), &self.spec.held_refs());
+    }
+}
+
+fn object_header(sealed: &Sealed, contained: Vec<ObjectId>) -> WireObject {
+    let layout = sealed.layout();
+    WireObject {
+        meta_len: layout.meta_len,
+        buffer_lens: layout.buffers.iter().map(|b| b.len).collect(),
+        contained,
+        total_len: sealed.len() as u64,
+    }
+}
+
+/// Sends `req` on a new stream of `conn` and reads the response frame; the stream's remaining
+/// bytes (an object or a module) are left in the returned `RecvStream`.
+async fn request_on(conn: &Connection, req: &Request) -> Result<(Response, RecvStream), NetError> {
+    let peer = conn.remote_address();
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| conn_err(peer, e))?;
+    write_frame(&mut send, req).await?;
+    let _ = send.finish();
+    let resp: Response = read_frame(&mut recv).await.map_err(|source| match source {
+        ProtoError::Truncated(d) => conn_err(peer, d),
+        source => NetError::Protocol {
+            peer: peer.to_string(),
+            source,
+        },
+    })?;
+    if let Response::Error(message) = resp {
+        return Err(NetError::Refused {
+            peer: peer.to_string(),
+            message,
+        });
+    }
+    Ok((resp, recv))
+}
+
+async fn write_frame<T: serde::Serialize>(send: &mut SendStream, msg: &T) -> Result<(), NetError> {
+    send.write_all(&proto::encode_frame(msg))
+        .await
+        .map_err(|e| conn_err("peer", e))
+}
+
+async fn read_frame<T: serde::de::DeserializeOwned>(
+    recv: &mut RecvStream,
+) -> Result<T, ProtoError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| ProtoError::Truncated(e.to_string()))?;
+    let n = u32::from_le_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(ProtoError::TooLarge {
+            len: n as u64,
+            max: MAX_FRAME,
+        });
+    }
+    let mut body = vec![0u8; n];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| ProtoError::Truncated(e.to_string()))?;
+    proto::decode_body(&body)
+}

@@ -1,0 +1,6 @@
+//! The network layer: certificates and mutual TLS ([`tls`]), the wire protocol ([`proto`]),
+//! and the cluster a node joins ([`cluster`]).
+
+pub mod cluster;
+pub mod proto;
+pub mod tls;

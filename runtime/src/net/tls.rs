@@ -1,0 +1,277 @@
+//! Certificates and mutual TLS.
+//!
+//! A cluster has its own certificate authority, made by `ferry cert ca` (rcgen). It signs a
+//! certificate for every node and every client. Every connection is mutual TLS against that
+//! CA: a node accepts only peers presenting a certificate the CA signed, and a peer accepts
+//! only a server presenting a *node* certificate (one naming [`NODE_NAME`]). No key is built
+//! in anywhere.
+//!
+//! A credentials directory holds `ca.pem` (the CA certificate), `cert.pem` and `key.pem`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::net::proto::ALPN;
+
+/// The DNS name every node certificate carries and every connection asks for.
+pub const NODE_NAME: &str = "ferry-node";
+
+/// Certificates could not be made, read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not what it should be.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TLS library refused the configuration.
+    #[error("TLS setup failed: {0}")]
+    Setup(String),
+}
+
+/// What a certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A host node: accepts connections and opens them.
+    Node,
+    /// A driver or tool (`ferry status`): opens connections only.
+    Client,
+}
+
+/// A node's or client's credentials: the cluster CA and its own certificate and key.
+#[derive(Clone)]
+pub struct Credentials {
+    ca: CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }")
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn invalid(path: &Path, reason: impl std::fmt::Display) -> TlsError {
+    TlsError::Invalid {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)
+}
+
+impl Credentials {
+    /// Reads `ca.pem`, `cert.pem` and `key.pem` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, TlsError> {
+        let ca_path = dir.join("ca.pem");
+        let ca = CertificateDer::from_pem_slice(&read(&ca_path)?)
+            .map_err(|e| invalid(&ca_path, format!("not a PEM certificate: {e}")))?;
+        let cert_path = dir.join("cert.pem");
+        let chain = CertificateDer::pem_slice_iter(&read(&cert_path)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&cert_path, format!("not a PEM certificate: {e}")))?;
+        if chain.is_empty() {
+            return Err(invalid(&cert_path, "no certificate in the file"));
+        }
+        let key_path = dir.join("key.pem");
+        let key = PrivateKeyDer::from_pem_slice(&read(&key_path)?)
+            .map_err(|e| invalid(&key_path, format!("not a PEM private key: {e}")))?;
+        Ok(Self {
+            ca,
+            chain,
+            key: Arc::new(key),
+        })
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    fn roots(&self) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.ca.clone())
+            .map_err(|e| TlsError::Setup(format!("the CA certificate is unusable: {e}")))?;
+        Ok(Arc::new(roots))
+    }
+
+    /// The server side: presents this node's certificate, requires a client certificate
+    /// signed by the cluster CA.
+    pub fn server_config(&self, idle: Duration) -> Result<quinn::ServerConfig, TlsError> {
+        let setup = |e: &dyn std::fmt::Display| TlsError::Setup(e.to_string());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots()?,
+            Self::provider(),
+        )
+        .build()
+        .map_err(|e| setup(&e))?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(Self::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| setup(&e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| setup(&e))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| setup(&e))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(transport(idle));
+        Ok(config)
+    }
+
+    /// The client side: presents this certificate, accepts only a node certificate signed by
+    /// the cluster CA.
+    pub fn client_config(&self, idle: Duration) -> Result<quinn::ClientConfig, TlsError> {
+        let setup = |e: &dyn std::fmt::Display| TlsError::Setup(e.to_string());
+        let mut tls = rustls::ClientConfig::builder_with_provider(Self::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| setup(&e))?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| setup(&e))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| setup(&e))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(transport(idle));
+        Ok(config)
+    }
+}
+
+/// Transport settings: keep-alive well inside the idle timeout (so a silent peer is noticed
+/// in about `idle`), and windows large enough for bulk object transfers.
+fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    let idle = idle.max(Duration::from_millis(300));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    t.keep_alive_interval(Some(idle / 3));
+    t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
+    t.receive_window(quinn::VarInt::from_u32(64 << 20));
+    t.send_window(64 << 20);
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
+    Arc::new(t)
+}
+
+fn ca_params() -> rcgen::CertificateParams {
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "ferry cluster CA");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut p);
+    p
+}
+
+/// Valid from the start of this year for ten years.
+fn validity(p: &mut rcgen::CertificateParams) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let year = 1970 + (secs / 31_556_952) as i32;
+    p.not_before = rcgen::date_time_ymd(year, 1, 1);
+    p.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
+}
+
+/// Makes a cluster CA in `dir` (`ca.pem`, `ca-key.pem`; the key readable by its owner only).
+/// Refuses to overwrite an existing CA.
+pub fn create_ca(dir: &Path) -> Result<(), TlsError> {
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Setup(e.to_string()))?;
+    let cert = ca_params()
+        .self_signed(&key)
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    write_private(&dir.join("ca-key.pem"), &key.serialize_pem())?;
+    write_private(&dir.join("ca.pem"), &cert.pem())?;
+    Ok(())
+}
+
+/// Issues a certificate named `name` for `role`, signed by the CA in `ca_dir`, into `out`
+/// (`ca.pem`, `cert.pem`, `key.pem`: a credentials directory for [`Credentials::load`]).
+pub fn issue_cert(ca_dir: &Path, out: &Path, name: &str, role: Role) -> Result<(), TlsError> {
+    let ca_key_path = ca_dir.join("ca-key.pem");
+    let ca_pem_path = ca_dir.join("ca.pem");
+    let ca_pem = String::from_utf8(read(&ca_pem_path)?)
+        .map_err(|_| invalid(&ca_pem_path, "not UTF-8 PEM"))?;
+    let ca_key_pem = String::from_utf8(read(&ca_key_path)?)
+        .map_err(|_| invalid(&ca_key_path, "not UTF-8 PEM"))?;
+    let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem).map_err(|e| invalid(&ca_key_path, e))?;
+    let ca_params = rcgen::CertificateParams::from_ca_cert_pem(&ca_pem)
+        .map_err(|e| invalid(&ca_pem_path, e))?;
+    let ca = ca_params
+        .self_signed(&ca_key)
+        .map_err(|e| invalid(&ca_key_path, format!("does not match ca.pem: {e}")))?;
+
+    let sans = match role {
+        Role::Node => vec![NODE_NAME.to_owned()],
+        Role::Client => Vec::new(),
+    };
+    let mut p = rcgen::CertificateParams::new(sans).map_err(|e| TlsError::Setup(e.to_string()))?;
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = match role {
+        Role::Node => vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        Role::Client => vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    p.use_authority_key_identifier_extension = true;
+    validity(&mut p);
+    let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Setup(e.to_string()))?;
+    let cert = p
+        .signed_by(&key, &ca, &ca_key)
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    std::fs::create_dir_all(out).map_err(|source| TlsError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    write_private(&out.join("key.pem"), &key.serialize_pem())?;
+    write_private(&out.join("cert.pem"), &cert.pem())?;
+    write_private(&out.join("ca.pem"), &ca_pem)?;
+    Ok(())
+}
