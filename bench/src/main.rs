@@ -9,7 +9,8 @@
 //! Usage: `cargo run --release -p ferry-bench [-- [--quick] [TEST...]]`, where a test is a name
 //! or a part of one (like Ray's `TESTS_TO_RUN`). `cargo run --release -p ferry-bench -- store`
 //! runs the object store suite instead (large puts against memcpy, gets, guest mapping,
-//! spilling).
+//! spilling), and `-- cluster` the two-node suite (calls and object transfers over QUIC
+//! against the same node and a plain TCP socket).
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use bench_guest::{
 };
 use ferry::{Buffer, Client, NodeConfig, ObjectRef};
 
+mod cluster;
 mod direct;
 mod store;
 
@@ -101,7 +103,7 @@ fn main() -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     if let Some(bad) = args.iter().find(|a| a.starts_with("--") && *a != "--quick") {
         anyhow::bail!(
-            "unknown option {bad}; usage: ferry-bench [--quick] [store | TEST...]\n\
+            "unknown option {bad}; usage: ferry-bench [--quick] [store | cluster | TEST...]\n\
              (a TEST is a name or part of one, like Ray's TESTS_TO_RUN)"
         );
     }
@@ -113,6 +115,10 @@ fn main() -> anyhow::Result<()> {
     // The store suite needs a few GiB of memory and a minute: only when asked for.
     if only.contains(&"store") {
         return store::run(GUEST, quick);
+    }
+    // Two nodes over QUIC: also only when asked for.
+    if only.contains(&"cluster") {
+        return cluster::run(GUEST, quick);
     }
     let timing = if quick {
         Timing::quick()

@@ -27,7 +27,7 @@ fn reps(size: usize, quick: bool) -> usize {
 }
 
 /// Mean and standard deviation of `samples` (seconds).
-fn stats(samples: &[f64]) -> (f64, f64) {
+pub(crate) fn stats(samples: &[f64]) -> (f64, f64) {
     let mean = samples.iter().sum::<f64>() / samples.len() as f64;
     let var = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / samples.len() as f64;
     (mean, var.sqrt())

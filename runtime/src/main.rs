@@ -59,6 +59,10 @@ struct StartArgs {
     /// Where to accept connections (UDP; port 0 picks a free port, printed at start-up).
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: std::net::SocketAddr,
+    /// The address other nodes use to reach this one, if not the --listen address (required
+    /// when listening on a wildcard such as 0.0.0.0:7700).
+    #[arg(long)]
+    advertise: Option<std::net::SocketAddr>,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
@@ -285,6 +289,7 @@ fn credentials(dir: &std::path::Path) -> anyhow::Result<ferry::Credentials> {
 fn start_node(a: StartArgs) -> anyhow::Result<()> {
     let mut opts = ferry::ClusterOptions::new(credentials(&a.cluster.certs)?);
     opts.listen = Some(a.listen);
+    opts.advertise = a.advertise;
     opts.head = a.join;
     opts.idle_timeout = a.cluster.idle_timeout;
     let client = Client::start_node(a.node.config(), opts).context("could not start the node")?;

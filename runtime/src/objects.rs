@@ -13,7 +13,7 @@
 //! object releases the refs it contains, so a chain of nested objects goes in one step.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -65,6 +65,21 @@ pub trait RemoteObjects: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<Result<ObjectWithRefs, GetError>>;
     /// The owner freed `id`: `holder` may drop the copy it kept for it.
     fn free_copy(&self, id: ObjectId, holder: NodeId);
+    /// Calls `done` once the owner of `id` reports it complete (ready, failed or gone). Gives
+    /// up quietly when `interest` can no longer be upgraded (the waiter left).
+    fn watch_done(
+        &self,
+        id: ObjectId,
+        interest: std::sync::Weak<ForeignWait>,
+        done: Box<dyn FnOnce() + Send>,
+    );
+}
+
+/// Completion flags of the foreign ids of one [`ObjectTable::wait_many`].
+#[derive(Debug)]
+pub struct ForeignWait {
+    done: Vec<std::sync::atomic::AtomicBool>,
+    notify: Notify,
 }
 
 /// An object and the refs it contains.
@@ -679,15 +694,47 @@ impl ObjectTable {
         report: WaitFlags,
     ) -> Vec<bool> {
         let num_ready = num_ready.min(ids.len());
+        // Objects other nodes own and this one has no entry for: their owners say when they
+        // are done (a watcher per id, on the network's runtime, sets its flag).
+        let watched = Arc::new(ForeignWait {
+            done: ids.iter().map(|_| AtomicBool::new(false)).collect(),
+            notify: Notify::new(),
+        });
+        let mut watching = false;
+        if let Some(remote) = self.remote.get() {
+            let t = self.lock();
+            for (i, id) in ids.iter().enumerate() {
+                if self.is_foreign(*id) && !t.contains_key(id) {
+                    watching = true;
+                    let w = watched.clone();
+                    remote.watch_done(
+                        *id,
+                        Arc::downgrade(&watched),
+                        Box::new(move || {
+                            w.done[i].store(true, Ordering::SeqCst);
+                            w.notify.notify_waiters();
+                        }),
+                    );
+                }
+            }
+        }
         let flags = || {
             let t = self.lock();
             let mut done = 0;
             ids.iter()
-                .map(|id| {
+                .enumerate()
+                .map(|(i, id)| {
                     if report == WaitFlags::First && done == num_ready {
                         return false;
                     }
-                    let d = !matches!(t.get(id).map(|e| &e.state), Some(ObjectState::Pending));
+                    let d = match t.get(id) {
+                        Some(e) => !matches!(e.state, ObjectState::Pending),
+                        None if watching && self.is_foreign(*id) => {
+                            watched.done[i].load(Ordering::SeqCst)
+                        }
+                        // Unknown ids count as done: a `get` reports them.
+                        None => true,
+                    };
                     done += usize::from(d);
                     d
                 })
@@ -698,11 +745,17 @@ impl ObjectTable {
                 let notified = self.any_completed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
+                let remote_done = watched.notify.notified();
+                tokio::pin!(remote_done);
+                remote_done.as_mut().enable();
                 let f = flags();
                 if f.iter().filter(|&&b| b).count() >= num_ready {
                     return f;
                 }
-                notified.await;
+                tokio::select! {
+                    () = notified => {}
+                    () = remote_done => {}
+                }
             }
         };
         match timeout {

@@ -263,6 +263,26 @@ fn a_three_node_cluster_runs_calls_ships_code_and_moves_objects() {
     // The driver pulls it: identical bytes.
     assert_eq!(rt.block_on(client.get(&big)).unwrap(), vec![9u8; 3 << 20]);
 
+    // A guest waits on a ref the driver owns: it returns only once the owner has it done.
+    let slow: ObjectRef<i64> = module.call("spin_forever", ()).unwrap();
+    let w: ObjectRef<(u32, u32)> = module
+        .call("wait_first", (vec![slow.clone()], 1u32))
+        .unwrap();
+    assert_eq!(rt.block_on(client.get(&w)).unwrap(), (1, 0));
+    assert_eq!(client.location(&slow), Some(ObjectLocation::Failed));
+
+    // A small result holding a ref to an object made on the node that ran the call: the ref
+    // stays good (the result is held there, keeping what it refers to alive).
+    let outer: ObjectRef<ObjectRef<i64>> = module.call("spawn_add", (20i64, 22i64)).unwrap();
+    let inner = rt.block_on(client.get(&outer)).unwrap();
+    assert_eq!(rt.block_on(client.get(&inner)).unwrap(), 42);
+
+    // A driver can connect from inside an async runtime too.
+    let second = rt.block_on(async { c.driver() });
+    let m2 = second.load(&testguest_wasm()).unwrap();
+    let r: ObjectRef<i64> = m2.call("add", (1i64, 1i64)).unwrap();
+    assert_eq!(rt.block_on(second.get(&r)).unwrap(), 2);
+
     // Errors cross the wire typed, naming their node.
     let bad: ObjectRef<i64> = module.call("divide", (1i64, 0i64)).unwrap();
     let e = rt.block_on(client.get(&bad)).unwrap_err();

@@ -32,7 +32,9 @@ use crate::net::proto::{
 };
 use crate::net::tls::{Credentials, NODE_NAME, TlsError};
 use crate::node::NodeInner;
-use crate::objects::{BoxFuture, Completed, ObjectState, ObjectWithRefs, RemoteObjects, WaitFlags};
+use crate::objects::{
+    BoxFuture, Completed, ForeignWait, ObjectState, ObjectWithRefs, RemoteObjects, WaitFlags,
+};
 use crate::store::Sealed;
 use crate::wasm::TaskSpec;
 
@@ -53,6 +55,9 @@ pub struct ClusterOptions {
     pub credentials: Credentials,
     /// Where to accept connections (`None`: a driver, which only connects out).
     pub listen: Option<SocketAddr>,
+    /// The address other nodes should use to reach this one, when it differs from `listen`
+    /// (required when `listen` is a wildcard such as `0.0.0.0`).
+    pub advertise: Option<SocketAddr>,
     /// The head to join (`None`: this node is the head).
     pub head: Option<SocketAddr>,
     /// Whether this node runs calls (drivers do not).
@@ -69,6 +74,7 @@ impl ClusterOptions {
         Self {
             credentials,
             listen: None,
+            advertise: None,
             head: None,
             worker: true,
             idle_timeout: Duration::from_secs(5),
@@ -199,6 +205,18 @@ impl Cluster {
     /// Joins (or, without `head`, starts) a cluster as `node`, and connects the node's object
     /// table to it.
     pub fn start(node: &Arc<NodeInner>, opts: ClusterOptions) -> Result<Arc<Self>, NetError> {
+        if let Some(l) = opts.listen
+            && l.ip().is_unspecified()
+            && opts.advertise.is_none()
+        {
+            return Err(NetError::Bind {
+                addr: l,
+                source: std::io::Error::other(
+                    "a wildcard address cannot be given to other nodes; listen on a specific \
+                     address or also give the address to advertise",
+                ),
+            });
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ferry-net")
@@ -232,9 +250,10 @@ impl Cluster {
         };
         let me = NodeInfo {
             id: node.id.0,
-            addr: match opts.listen {
-                Some(_) => endpoint.local_addr().ok(),
-                None => None,
+            addr: match (opts.listen, opts.advertise) {
+                (Some(_), Some(a)) => Some(a),
+                (Some(_), None) => endpoint.local_addr().ok(),
+                (None, _) => None,
             },
             worker: opts.worker,
             cores: node.config.workers as u32,
@@ -278,7 +297,17 @@ impl Cluster {
             }
             Some(head) => {
                 let c = cluster.clone();
-                let joined = net.block_on(async move { c.join(head).await });
+                // Not `Handle::block_on`: that panics when called from inside a runtime.
+                let (tx, rx) = std::sync::mpsc::channel();
+                net.spawn(async move {
+                    let _ = tx.send(c.join(head).await);
+                });
+                let joined = rx.recv().unwrap_or_else(|_| {
+                    Err(NetError::Connection {
+                        peer: head.to_string(),
+                        detail: "the network runtime stopped".into(),
+                    })
+                });
                 if let Err(e) = joined {
                     cluster.shutdown();
                     return Err(e);
@@ -617,12 +646,37 @@ impl Cluster {
                 for (id, reason) in dead {
                     self.node_lost(id, &format!("the head reports it dead: {reason}"));
                 }
+                // A driver accepts no connections: it connects to every node, so that any
+                // node can pull the objects it owns.
+                if self.me.addr.is_none() {
+                    self.connect_to_all();
+                }
                 Ok(())
             }
             (other, _) => Err(NetError::Protocol {
                 peer: "head".into(),
                 source: ProtoError::Unexpected(format!("{other:?} in answer to Heartbeat")),
             }),
+        }
+    }
+
+    fn connect_to_all(&self) {
+        let missing: Vec<u64> = {
+            let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            self.lock_members()
+                .values()
+                .filter(|m| m.alive && m.info.addr.is_some() && m.info.id != self.me.id)
+                .map(|m| m.info.id)
+                .filter(|id| peers.get(id).is_none_or(|c| c.close_reason().is_some()))
+                .collect()
+        };
+        for id in missing {
+            let c = self.arc();
+            self.net.spawn(async move {
+                if let Err(e) = c.peer(id).await {
+                    tracing::debug!("cannot connect to node {}: {e}", NodeId(id));
+                }
+            });
         }
     }
 
@@ -678,6 +732,10 @@ impl Cluster {
                 }
                 Response::Welcome(self.me.clone())
             }
+            Request::Heartbeat(_) if !self.is_head() => Response::Error(format!(
+                "this node is not the head; join the head at {}",
+                self.head.map_or_else(|| "?".into(), |h| h.to_string())
+            )),
             Request::Heartbeat(load) => {
                 if let Some(&id) = peer.get()
                     && let Some(m) = self.lock_members().get_mut(&id)
@@ -715,6 +773,10 @@ impl Cluster {
             Request::Fetch(id) => {
                 return self.serve_fetch(&node, id, send).await;
             }
+            Request::Refs(ops) if ops.len() > proto::MAX_IDS => Response::Error(format!(
+                "at most {} ref changes per request",
+                proto::MAX_IDS
+            )),
             Request::Refs(ops) => {
                 for op in ops {
                     match op {
@@ -844,7 +906,11 @@ impl Cluster {
                 node.objects.release(result);
                 (Response::Done(WireOutcome::Failed((&*e).into())), None)
             }
-            Some(ObjectState::Ready(sealed)) if sealed.len() as u64 <= INLINE_MAX => {
+            // A result holding refs stays here even when small: its copy keeps the objects it
+            // refers to alive (they may live only here) until the owner frees it.
+            Some(ObjectState::Ready(sealed))
+                if sealed.len() as u64 <= INLINE_MAX && contained.is_empty() =>
+            {
                 let header = object_header(&sealed, contained);
                 // The owner keeps it: our copy goes once it is sent.
                 node.objects.release(result);
@@ -857,8 +923,11 @@ impl Cluster {
                 }),
                 None,
             ),
-            Some(ObjectState::Spilled(_)) => (
-                Response::Done(WireOutcome::Held { len: 0, contained }),
+            Some(ObjectState::Spilled(spilled)) => (
+                Response::Done(WireOutcome::Held {
+                    len: spilled.layout().total_len(),
+                    contained,
+                }),
                 None,
             ),
             other => {
@@ -949,8 +1018,18 @@ impl Cluster {
             Response::Error(m) => return Err(fail(&m)),
             other => return Err(fail(&format!("unexpected answer {other:?}"))),
         };
-        let mut wasm = vec![0u8; len as usize];
-        recv.read_exact(&mut wasm).await.map_err(|e| fail(&e))?;
+        let mut wasm = Vec::with_capacity((len as usize).min(1 << 20));
+        let got = tokio::io::AsyncReadExt::read_to_end(
+            &mut tokio::io::AsyncReadExt::take(&mut recv, len),
+            &mut wasm,
+        )
+        .await
+        .map_err(|e| fail(&e))?;
+        if got as u64 != len {
+            return Err(fail(&format!(
+                "the module ended after {got} of {len} bytes"
+            )));
+        }
         if crate::wasm::module_id(&wasm) != module {
             return Err(fail(&"the bytes do not hash to the module's id"));
         }
@@ -1095,6 +1174,11 @@ impl Cluster {
         let (resp, mut recv) = match self.request(target.0, &Request::Run(task)).await {
             Ok(x) => x,
             Err(NetError::Dead { reason, .. }) => return Err(died(reason)),
+            Err(e @ (NetError::Refused { .. } | NetError::Protocol { .. })) => {
+                return Err(fail(TaskErrorKind::Host {
+                    detail: e.to_string(),
+                }));
+            }
             Err(e) => return Err(died(e.to_string())),
         };
         match resp {
@@ -1226,6 +1310,9 @@ impl Cluster {
                     });
                 }
                 Err(NetError::UnknownNode(_)) => return Err(PullError::Lost),
+                Err(e @ (NetError::Refused { .. } | NetError::Protocol { .. })) => {
+                    return Err(PullError::Unavailable(e.to_string()));
+                }
                 Err(e) => {
                     return Err(PullError::Died {
                         node: NodeId(owner),
@@ -1248,6 +1335,9 @@ impl Cluster {
                     node,
                     detail: reason,
                 });
+            }
+            Err(e @ (NetError::Refused { .. } | NetError::Protocol { .. })) => {
+                return Err(PullError::Unavailable(e.to_string()));
             }
             Err(e) => return Err(died(e.to_string())),
         };
@@ -1284,6 +1374,29 @@ impl RemoteObjects for Cluster {
                 Err(_) => Err(GetError::NodeStopped),
             }
         })
+    }
+
+    fn watch_done(
+        &self,
+        id: ObjectId,
+        interest: Weak<ForeignWait>,
+        done: Box<dyn FnOnce() + Send>,
+    ) {
+        let c = self.arc();
+        self.net.spawn(async move {
+            let owner = id.owner();
+            while interest.strong_count() > 0 {
+                let req = Request::Locate { id, wait_ms: 1_000 };
+                match c.request(owner, &req).await {
+                    Ok((Response::Location(WireLocation::Pending), _)) => {}
+                    // Done, failed, gone, or the owner unreachable: a `get` tells which.
+                    _ => {
+                        done();
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     fn free_copy(&self, id: ObjectId, holder: NodeId) {
@@ -1381,9 +1494,18 @@ async fn read_frame<T: serde::de::DeserializeOwned>(
             max: MAX_FRAME,
         });
     }
-    let mut body = vec![0u8; n];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| ProtoError::Truncated(e.to_string()))?;
+    // Grown as bytes arrive, so a peer cannot reserve memory it never sends.
+    let mut body = Vec::with_capacity(n.min(64 << 10));
+    let got = tokio::io::AsyncReadExt::read_to_end(
+        &mut tokio::io::AsyncReadExt::take(&mut *recv, n as u64),
+        &mut body,
+    )
+    .await
+    .map_err(|e| ProtoError::Truncated(e.to_string()))?;
+    if got != n {
+        return Err(ProtoError::Truncated(format!(
+            "the prefix announced {n} bytes, the stream ended after {got}"
+        )));
+    }
     proto::decode_body(&body)
 }
