@@ -227,6 +227,7 @@ impl Client {
                 ObjectState::Pending
                 | ObjectState::Spilled(_)
                 | ObjectState::Remote { .. }
+                | ObjectState::Borrowed
                 | ObjectState::Lost { .. },
             ) => None,
         }
@@ -353,6 +354,8 @@ impl Client {
             ObjectState::Spilled(_) => ObjectLocation::Disk,
             ObjectState::Failed(_) => ObjectLocation::Failed,
             ObjectState::Remote { holder, .. } => ObjectLocation::Node(holder),
+            // Another node's object: its owner knows where it is.
+            ObjectState::Borrowed => ObjectLocation::Node(NodeId(r.id().owner())),
             ObjectState::Lost { node, .. } => ObjectLocation::Lost(node),
         })
     }

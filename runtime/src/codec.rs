@@ -8,7 +8,8 @@
 //! node that owns the object (its id names the owner; [`register_owner`] maps it to a table).
 
 use std::cell::RefCell;
-use std::sync::{Arc, RwLock, Weak};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use ferry_abi::abi::CallArg;
 use ferry_abi::{ArgSink, Blob, BlobHooks, BlobStorage, ObjectId, RefHooks, StorageKind};
@@ -56,12 +57,46 @@ fn owners() -> std::sync::RwLockReadGuard<'static, Owners> {
     OWNERS.read().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Which table of this process counts the handles of each object owned outside it (and
+/// borrows it from its owner). Chosen once per id, so that a handle's retain and release
+/// always meet the same table even when the process runs several cluster nodes (drivers).
+static BORROWERS: Mutex<BTreeMap<ObjectId, Weak<ObjectTable>>> = Mutex::new(BTreeMap::new());
+
+/// The table that counts `id`: its owner's, if the owner is in this process; else the table
+/// that borrows it for this process's handles (the one decoding the value that holds it, if
+/// any, else the first node of this process that is part of a cluster).
 fn table_for(id: ObjectId) -> Option<Arc<ObjectTable>> {
     let owner = id.owner();
-    owners()
-        .iter()
-        .find(|(o, _)| *o == owner)
-        .and_then(|(_, t)| t.upgrade())
+    {
+        let owners = owners();
+        if let Some(t) = owners.iter().find(|(o, _)| *o == owner) {
+            return t.1.upgrade();
+        }
+    }
+    let mut borrowers = BORROWERS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(t) = borrowers.get(&id).and_then(Weak::upgrade) {
+        return Some(t);
+    }
+    let decoding = DECODING.with(|d| d.borrow().as_ref().map(|s| s.table.clone()));
+    let table = decoding.filter(|t| t.is_foreign(id)).or_else(|| {
+        owners()
+            .iter()
+            .filter_map(|(_, t)| t.upgrade())
+            .find(|t| t.is_foreign(id))
+    })?;
+    borrowers.insert(id, Arc::downgrade(&table));
+    Some(table)
+}
+
+/// `table` no longer borrows `id`: later handles may pick another table.
+pub fn forget_borrow(id: ObjectId, table: &ObjectTable) {
+    let mut borrowers = BORROWERS.lock().unwrap_or_else(|e| e.into_inner());
+    if borrowers
+        .get(&id)
+        .is_some_and(|t| std::ptr::eq(t.as_ptr(), table))
+    {
+        borrowers.remove(&id);
+    }
 }
 
 fn hook_retain(id: ObjectId) {

@@ -44,6 +44,9 @@ pub enum ObjectState {
         /// Its length in bytes.
         len: u64,
     },
+    /// Owned by another node and not stored here: this node only holds references to it,
+    /// counted here and registered once at the owner (a borrow). Reading it pulls a copy.
+    Borrowed,
     /// Its only copy was on a node that died.
     Lost {
         /// The node.
@@ -65,6 +68,10 @@ pub trait RemoteObjects: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<Result<ObjectWithRefs, GetError>>;
     /// The owner freed `id`: `holder` may drop the copy it kept for it.
     fn free_copy(&self, id: ObjectId, holder: NodeId);
+    /// This node started holding `id`, which another node owns: count one borrow there.
+    fn borrow(&self, id: ObjectId);
+    /// This node no longer holds `id`: give the borrow back.
+    fn unborrow(&self, id: ObjectId);
     /// Calls `done` once the owner of `id` reports it complete (ready, failed or gone). Gives
     /// up quietly when `interest` can no longer be upgraded (the waiter left).
     fn watch_done(
@@ -212,12 +219,23 @@ impl ObjectTable {
         self.remote.get().is_some() && id.owner() != self.local.load(Ordering::Relaxed)
     }
 
+    /// Whether `id` is another node's object with no copy here (absent, or only borrowed).
+    fn elsewhere(&self, t: &HashMap<ObjectId, Entry>, id: ObjectId) -> bool {
+        self.is_foreign(id)
+            && t.get(&id)
+                .is_none_or(|e| matches!(e.state, ObjectState::Borrowed))
+    }
+
     /// Drops freed entries outside the lock, telling nodes that kept copies for us.
     fn dispose(&self, freed: Vec<Freed>) {
         if let Some(remote) = self.remote.get() {
             for f in &freed {
                 if let Some(holder) = f.1.held_by {
                     remote.free_copy(f.0, holder);
+                }
+                if matches!(f.1.state, ObjectState::Borrowed) {
+                    crate::codec::forget_borrow(f.0, self);
+                    remote.unborrow(f.0);
                 }
             }
         }
@@ -244,7 +262,16 @@ impl ObjectTable {
                     };
                 }
                 if id.owner() == node.0 {
-                    owned_by_dead.push(*id);
+                    if matches!(e.state, ObjectState::Borrowed) {
+                        // Our holders keep the entry; the object is gone with its owner.
+                        e.state = ObjectState::Lost {
+                            node,
+                            detail: detail.to_owned(),
+                        };
+                    } else {
+                        // A copy we kept for the dead owner: its hold goes.
+                        owned_by_dead.push(*id);
+                    }
                 }
             }
             release_locked(&mut t, &owned_by_dead, &mut freed);
@@ -441,11 +468,7 @@ impl ObjectTable {
         refs: u64,
     ) {
         let mut t = self.lock();
-        for c in &contained {
-            if let Some(e) = t.get_mut(c) {
-                e.refs += 1;
-            }
-        }
+        let borrowed = self.retain_contained(&mut t, &contained);
         t.insert(
             id,
             Entry {
@@ -457,6 +480,46 @@ impl ObjectTable {
                 held_by: None,
             },
         );
+        drop(t);
+        self.borrow_all(borrowed);
+    }
+
+    /// Counts one reference on each contained id, making borrowed entries for ids another
+    /// node owns that this table does not have. Returns those, to be registered at their
+    /// owners once the lock is released.
+    fn retain_contained(
+        &self,
+        t: &mut HashMap<ObjectId, Entry>,
+        contained: &[ObjectId],
+    ) -> Vec<ObjectId> {
+        let mut borrowed = Vec::new();
+        for c in contained {
+            if let Some(e) = t.get_mut(c) {
+                e.refs += 1;
+            } else if self.is_foreign(*c) {
+                t.insert(
+                    *c,
+                    Entry {
+                        state: ObjectState::Borrowed,
+                        refs: 1,
+                        contained: Vec::new(),
+                        notify: None,
+                        last_used: self.tick(),
+                        held_by: None,
+                    },
+                );
+                borrowed.push(*c);
+            }
+        }
+        borrowed
+    }
+
+    fn borrow_all(&self, ids: Vec<ObjectId>) {
+        if let Some(remote) = self.remote.get() {
+            for id in ids {
+                remote.borrow(id);
+            }
+        }
     }
 
     /// Adds an object whose task has not run yet.
@@ -485,17 +548,14 @@ impl ObjectTable {
         finished_with: &[ObjectId],
     ) {
         let mut freed = Vec::new();
+        let borrowed;
         let notify = {
             let mut t = self.lock();
             let contained = match &outcome {
                 Ok((_, contained)) => contained.clone(),
                 Err(_) => Vec::new(),
             };
-            for c in &contained {
-                if let Some(e) = t.get_mut(c) {
-                    e.refs += 1;
-                }
-            }
+            borrowed = self.retain_contained(&mut t, &contained);
             release_locked(&mut t, finished_with, &mut freed);
             let notify = match t.get_mut(&id) {
                 Some(e) => {
@@ -524,6 +584,8 @@ impl ObjectTable {
             release_locked(&mut t, &[id], &mut freed);
             notify
         };
+        // Borrows are registered before the releases that could free what they borrow.
+        self.borrow_all(borrowed);
         self.dispose(freed);
         if let Some(n) = notify {
             n.notify_waiters();
@@ -535,12 +597,31 @@ impl ObjectTable {
     /// another node owns and this node keeps no copy of is counted by its owner, not here:
     /// that is `true` without a count.
     pub fn retain(&self, id: ObjectId) -> bool {
-        match self.lock().get_mut(&id) {
+        let mut t = self.lock();
+        match t.get_mut(&id) {
             Some(e) => {
                 e.refs += 1;
                 true
             }
-            None => self.is_foreign(id),
+            None if self.is_foreign(id) => {
+                t.insert(
+                    id,
+                    Entry {
+                        state: ObjectState::Borrowed,
+                        refs: 1,
+                        contained: Vec::new(),
+                        notify: None,
+                        last_used: self.tick(),
+                        held_by: None,
+                    },
+                );
+                drop(t);
+                if let Some(remote) = self.remote.get() {
+                    remote.borrow(id);
+                }
+                true
+            }
+            None => false,
         }
     }
 
@@ -585,7 +666,7 @@ impl ObjectTable {
                 let mut pull_from = None;
                 let notify = {
                     let mut t = self.lock();
-                    if !t.contains_key(&id) && self.is_foreign(id) {
+                    if self.elsewhere(&t, id) {
                         return Err(GetError::Unavailable {
                             id,
                             reason: "owned by another node; read it with wait_object".into(),
@@ -596,6 +677,13 @@ impl ObjectTable {
                         ObjectState::Remote { holder, .. } => {
                             pull_from = Some(*holder);
                             None
+                        }
+                        // `elsewhere` above covers it; kept for exhaustiveness.
+                        ObjectState::Borrowed => {
+                            return Err(GetError::Unavailable {
+                                id,
+                                reason: "owned by another node; read it with wait_object".into(),
+                            });
                         }
                         ObjectState::Lost { node, detail } => {
                             return Err(GetError::NodeDied {
@@ -666,7 +754,7 @@ impl ObjectTable {
         id: ObjectId,
         timeout: Option<Duration>,
     ) -> Result<(Arc<Sealed>, Vec<ObjectId>), GetError> {
-        let elsewhere = self.is_foreign(id) && !self.lock().contains_key(&id);
+        let elsewhere = self.elsewhere(&self.lock(), id);
         if !elsewhere {
             let sealed = self.wait_ready(id, timeout).await?;
             return Ok((sealed, self.contained(id)));
@@ -704,7 +792,7 @@ impl ObjectTable {
         if let Some(remote) = self.remote.get() {
             let t = self.lock();
             for (i, id) in ids.iter().enumerate() {
-                if self.is_foreign(*id) && !t.contains_key(id) {
+                if self.elsewhere(&t, *id) {
                     watching = true;
                     let w = watched.clone();
                     remote.watch_done(
@@ -728,10 +816,10 @@ impl ObjectTable {
                         return false;
                     }
                     let d = match t.get(id) {
-                        Some(e) => !matches!(e.state, ObjectState::Pending),
-                        None if watching && self.is_foreign(*id) => {
+                        _ if watching && self.elsewhere(&t, *id) => {
                             watched.done[i].load(Ordering::SeqCst)
                         }
+                        Some(e) => !matches!(e.state, ObjectState::Pending),
                         // Unknown ids count as done: a `get` reports them.
                         None => true,
                     };
@@ -781,6 +869,7 @@ impl ObjectTable {
                 ObjectState::Ready(_)
                 | ObjectState::Spilled(_)
                 | ObjectState::Remote { .. }
+                | ObjectState::Borrowed
                 | ObjectState::Lost { .. } => {}
             }
         }

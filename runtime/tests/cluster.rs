@@ -276,6 +276,12 @@ fn a_three_node_cluster_runs_calls_ships_code_and_moves_objects() {
     let outer: ObjectRef<ObjectRef<i64>> = module.call("spawn_add", (20i64, 22i64)).unwrap();
     let inner = rt.block_on(client.get(&outer)).unwrap();
     assert_eq!(rt.block_on(client.get(&inner)).unwrap(), 42);
+    // The driver holds the inner object (owned by the node that made it) after dropping the
+    // outer one. (The pause lets the outer object's free reach that node first.)
+    drop(outer);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rt.block_on(client.get(&inner)).unwrap(), 42);
+    drop(inner);
 
     // A driver can connect from inside an async runtime too.
     let second = rt.block_on(async { c.driver() });
@@ -321,6 +327,28 @@ fn a_three_node_cluster_runs_calls_ships_code_and_moves_objects() {
         assert!(text.contains(&n.id), "{text}");
     }
     assert_eq!(text.matches("alive").count(), 3, "{text}");
+
+    // Every object the driver dropped is freed on every node: nothing leaks across nodes.
+    drop((
+        sums, fib, more, blob, sum, nested, big, lens, slow, w, bad, r, m2, second,
+    ));
+    drop(module);
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        left = c
+            .workers(&client)
+            .iter()
+            .map(|m| m.load.objects)
+            .collect::<Vec<u64>>();
+        if left.iter().all(|&n| n == 0) {
+            break;
+        }
+    }
+    assert!(
+        left.iter().all(|&n| n == 0),
+        "objects left on the nodes: {left:?}"
+    );
 }
 
 #[test]

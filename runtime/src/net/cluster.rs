@@ -193,6 +193,8 @@ pub struct Cluster {
     modules_fetched: AtomicU64,
     bytes_pulled: AtomicU64,
     stopping: AtomicBool,
+    /// Reference-count changes for other nodes, sent in order by `outbox_loop`.
+    outbox: tokio::sync::mpsc::UnboundedSender<Outgoing>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -258,6 +260,7 @@ impl Cluster {
             worker: opts.worker,
             cores: node.config.workers as u32,
         };
+        let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new_cyclic(|this| Self {
             me: me.clone(),
             node: Arc::downgrade(node),
@@ -277,7 +280,12 @@ impl Cluster {
             modules_fetched: AtomicU64::new(0),
             bytes_pulled: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            outbox,
         });
+        {
+            let c = cluster.clone();
+            net.spawn(async move { c.outbox_loop(outbox_rx).await });
+        }
         node.objects.set_remote(cluster.clone());
         if opts.listen.is_some() {
             let c = cluster.clone();
@@ -393,6 +401,7 @@ impl Cluster {
             modules_compiled: s.modules.compiled,
             modules_fetched: self.modules_fetched.load(Ordering::Relaxed),
             bytes_pulled: self.bytes_pulled.load(Ordering::Relaxed),
+            objects: s.objects.objects,
         }
     }
 
@@ -611,6 +620,52 @@ impl Cluster {
         })
     }
 
+    // ---- reference counts across nodes ----
+
+    /// Sends reference-count changes in batches. In each batch every borrow is delivered (and
+    /// answered) before any release or free is sent, and batches go in order, so a release can
+    /// never overtake a borrow made before it, whichever nodes they go to: a node that borrows
+    /// an object inside another object always registers before the outer object can be freed.
+    async fn outbox_loop(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Outgoing>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 65_536 {
+                match rx.try_recv() {
+                    Ok(x) => batch.push(x),
+                    Err(_) => break,
+                }
+            }
+            let mut borrows: HashMap<u64, Vec<RefOp>> = HashMap::new();
+            let mut releases: HashMap<u64, Vec<RefOp>> = HashMap::new();
+            let mut flushes = Vec::new();
+            for item in batch {
+                match item {
+                    Outgoing::Op(to, op @ RefOp::Borrow(_)) => {
+                        borrows.entry(to).or_default().push(op)
+                    }
+                    Outgoing::Op(to, op) => releases.entry(to).or_default().push(op),
+                    Outgoing::Flush(tx) => flushes.push(tx),
+                }
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            send_ref_batch(&self, borrows).await;
+            send_ref_batch(&self, releases).await;
+            for f in flushes {
+                let _ = f.send(());
+            }
+        }
+    }
+
+    /// Waits until every reference-count change queued so far has been delivered.
+    async fn flush_refs(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.outbox.send(Outgoing::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     // ---- membership ----
 
     async fn join(&self, head: SocketAddr) -> Result<(), NetError> {
@@ -808,6 +863,8 @@ impl Cluster {
             Some(ObjectState::Remote { holder, .. }) => WireLocation::At(vec![holder.0]),
             Some(ObjectState::Failed(e)) => WireLocation::Failed(WireTaskError::from(&*e)),
             Some(ObjectState::Lost { node, .. }) => WireLocation::Lost { node: node.0 },
+            // An owner never borrows its own objects.
+            Some(ObjectState::Borrowed) => WireLocation::Unknown,
         }
     }
 
@@ -890,6 +947,9 @@ impl Cluster {
         mut send: SendStream,
         outcome: Result<ObjectId, TaskError>,
     ) -> Result<(), NetError> {
+        // What the call borrowed (refs its result holds, refs its guest kept) is registered
+        // at the owners before the caller learns it is done and releases the arguments.
+        self.flush_refs().await;
         let result = match outcome {
             Ok(id) => id,
             Err(e) => {
@@ -1400,18 +1460,47 @@ impl RemoteObjects for Cluster {
     }
 
     fn free_copy(&self, id: ObjectId, holder: NodeId) {
-        if self.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        let c = self.arc();
-        self.net.spawn(async move {
-            if let Err(e) = c
-                .request(holder.0, &Request::Refs(vec![RefOp::FreeCopy(id)]))
-                .await
-            {
-                tracing::debug!("could not tell node {holder} to free {id}: {e}");
+        let _ = self
+            .outbox
+            .send(Outgoing::Op(holder.0, RefOp::FreeCopy(id)));
+    }
+
+    fn borrow(&self, id: ObjectId) {
+        let _ = self
+            .outbox
+            .send(Outgoing::Op(id.owner(), RefOp::Borrow(id)));
+    }
+
+    fn unborrow(&self, id: ObjectId) {
+        let _ = self
+            .outbox
+            .send(Outgoing::Op(id.owner(), RefOp::Release(id)));
+    }
+}
+
+/// A reference-count change waiting to be sent, or a point the sender waits for.
+#[derive(Debug)]
+enum Outgoing {
+    Op(u64, RefOp),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Sends one batch's ops, one `Refs` request per node at once, and waits for every answer.
+async fn send_ref_batch(c: &Arc<Cluster>, groups: HashMap<u64, Vec<RefOp>>) {
+    let mut sent = Vec::new();
+    for (to, ops) in groups {
+        let c = c.clone();
+        sent.push(tokio::spawn(async move {
+            if let Err(e) = c.request(to, &Request::Refs(ops)).await {
+                tracing::debug!(
+                    "reference changes for node {} not delivered: {e}",
+                    NodeId(to)
+                );
             }
-        });
+        }));
+    }
+    for s in sent {
+        let _ = s.await;
     }
 }
 

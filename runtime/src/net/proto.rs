@@ -82,6 +82,8 @@ pub struct Load {
     pub modules_fetched: u64,
     /// Object bytes pulled from other nodes.
     pub bytes_pulled: u64,
+    /// Objects in the node's table (its own, copies kept for owners, borrowed refs).
+    pub objects: u64,
 }
 
 /// One row of the head's node table.
