@@ -256,6 +256,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     ferry::init_logging();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Start(_)) {
+        // Output piped into `head` and the like ends quietly, as other command-line tools do,
+        // instead of panicking in `println!`. (Not for `ferry start`, a server.)
+        // SAFETY: resetting SIGPIPE to its default action takes no pointers, and no other
+        // thread exists yet to race with the change.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Run(a) => run(a),
         Command::Inspect(a) => inspect(a),

@@ -120,6 +120,9 @@ struct Entry {
     last_used: u64,
     /// Another node keeps a copy for us until the object is freed.
     held_by: Option<NodeId>,
+    /// This is a copy kept for the object's owner, holding one count for it until the owner's
+    /// `FreeCopy` (or its death).
+    hosted: bool,
 }
 
 /// Figures about the table.
@@ -268,8 +271,9 @@ impl ObjectTable {
                             node,
                             detail: detail.to_owned(),
                         };
-                    } else {
+                    } else if e.hosted {
                         // A copy we kept for the dead owner: its hold goes.
+                        e.hosted = false;
                         owned_by_dead.push(*id);
                     }
                 }
@@ -478,6 +482,7 @@ impl ObjectTable {
                 notify: None,
                 last_used: self.tick(),
                 held_by: None,
+                hosted: false,
             },
         );
         drop(t);
@@ -506,6 +511,7 @@ impl ObjectTable {
                         notify: None,
                         last_used: self.tick(),
                         held_by: None,
+                        hosted: false,
                     },
                 );
                 borrowed.push(*c);
@@ -533,6 +539,7 @@ impl ObjectTable {
                 notify: Some(Arc::new(Notify::new())),
                 last_used: self.tick(),
                 held_by: None,
+                hosted: false,
             },
         );
     }
@@ -613,6 +620,7 @@ impl ObjectTable {
                         notify: None,
                         last_used: self.tick(),
                         held_by: None,
+                        hosted: false,
                     },
                 );
                 drop(t);
@@ -623,6 +631,28 @@ impl ObjectTable {
             }
             None => false,
         }
+    }
+
+    /// Marks `id` as a copy kept for its owner (see [`release_hosted`](Self::release_hosted)).
+    pub fn mark_hosted(&self, id: ObjectId) {
+        if let Some(e) = self.lock().get_mut(&id) {
+            e.hosted = true;
+        }
+    }
+
+    /// Drops the count a copy kept for its owner holds, once (a repeated or stray `FreeCopy`
+    /// changes nothing).
+    pub fn release_hosted(&self, id: ObjectId) {
+        let mut freed = Vec::new();
+        {
+            let mut t = self.lock();
+            match t.get_mut(&id) {
+                Some(e) if e.hosted => e.hosted = false,
+                _ => return,
+            }
+            release_locked(&mut t, &[id], &mut freed);
+        }
+        self.dispose(freed);
     }
 
     /// Removes one reference from `id`, freeing it (and releasing what it contains) at zero.

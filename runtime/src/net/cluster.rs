@@ -838,7 +838,8 @@ impl Cluster {
                         RefOp::Borrow(id) => {
                             node.objects.retain(id);
                         }
-                        RefOp::Release(id) | RefOp::FreeCopy(id) => node.objects.release(id),
+                        RefOp::Release(id) => node.objects.release(id),
+                        RefOp::FreeCopy(id) => node.objects.release_hosted(id),
                     }
                 }
                 Response::Ack
@@ -928,6 +929,7 @@ impl Cluster {
         }
         // One count for the owner (until it frees the result), one for the task.
         node.objects.insert_pending(spec.result, 2);
+        node.objects.mark_hosted(spec.result);
         let result = spec.result;
         let n = node.clone();
         node.tasks_submitted.fetch_add(1, Ordering::Relaxed);
@@ -963,7 +965,7 @@ impl Cluster {
         let contained = node.objects.contained(result);
         let (response, inline) = match state {
             Some(ObjectState::Failed(e)) => {
-                node.objects.release(result);
+                node.objects.release_hosted(result);
                 (Response::Done(WireOutcome::Failed((&*e).into())), None)
             }
             // A result holding refs stays here even when small: its copy keeps the objects it
@@ -973,7 +975,7 @@ impl Cluster {
             {
                 let header = object_header(&sealed, contained);
                 // The owner keeps it: our copy goes once it is sent.
-                node.objects.release(result);
+                node.objects.release_hosted(result);
                 (Response::Done(WireOutcome::Inline(header)), Some(sealed))
             }
             Some(ObjectState::Ready(sealed)) => (
