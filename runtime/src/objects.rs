@@ -502,22 +502,24 @@ impl ObjectTable {
             if let Some(e) = t.get_mut(c) {
                 e.refs += 1;
             } else if self.is_foreign(*c) {
-                t.insert(
-                    *c,
-                    Entry {
-                        state: ObjectState::Borrowed,
-                        refs: 1,
-                        contained: Vec::new(),
-                        notify: None,
-                        last_used: self.tick(),
-                        held_by: None,
-                        hosted: false,
-                    },
-                );
+                t.insert(*c, self.borrowed_entry());
                 borrowed.push(*c);
             }
         }
         borrowed
+    }
+
+    /// A new entry for another node's object that this node only holds references to.
+    fn borrowed_entry(&self) -> Entry {
+        Entry {
+            state: ObjectState::Borrowed,
+            refs: 1,
+            contained: Vec::new(),
+            notify: None,
+            last_used: self.tick(),
+            held_by: None,
+            hosted: false,
+        }
     }
 
     fn borrow_all(&self, ids: Vec<ObjectId>) {
@@ -611,18 +613,7 @@ impl ObjectTable {
                 true
             }
             None if self.is_foreign(id) => {
-                t.insert(
-                    id,
-                    Entry {
-                        state: ObjectState::Borrowed,
-                        refs: 1,
-                        contained: Vec::new(),
-                        notify: None,
-                        last_used: self.tick(),
-                        held_by: None,
-                        hosted: false,
-                    },
-                );
+                t.insert(id, self.borrowed_entry());
                 drop(t);
                 if let Some(remote) = self.remote.get() {
                     remote.borrow(id);
