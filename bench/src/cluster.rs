@@ -14,17 +14,13 @@ use anyhow::Context;
 use bench_guest::{blob_len, small_value};
 use ferry::{Blob, Client, ClusterOptions, Credentials, NodeConfig, ObjectRef};
 
-use crate::store::{stats, warm};
+use crate::store::{in_temp_dir, label, stats, warm};
 
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 
 pub fn run(guest: &[u8], quick: bool) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("ferry-bench-cluster-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = run_in(&dir, guest, quick);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    in_temp_dir("cluster", |dir| run_in(dir, guest, quick))
 }
 
 fn config(dir: &std::path::Path, name: &str, capacity: u64) -> NodeConfig {
@@ -128,14 +124,6 @@ fn run_in(dir: &std::path::Path, guest: &[u8], quick: bool) -> anyhow::Result<()
         );
     }
     Ok(())
-}
-
-fn label(size: usize) -> String {
-    if size >= GIB {
-        format!("{}GiB", size / GIB)
-    } else {
-        format!("{}MiB", size / MIB)
-    }
 }
 
 fn pattern(len: usize) -> Vec<u8> {

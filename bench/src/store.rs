@@ -10,7 +10,7 @@ use ferry::{Blob, Client, NodeConfig, ObjectRef};
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 
-fn label(size: usize) -> String {
+pub(crate) fn label(size: usize) -> String {
     if size >= GIB {
         format!("{}GiB", size / GIB)
     } else if size >= MIB {
@@ -67,9 +67,17 @@ pub(crate) fn warm(client: &Client) -> anyhow::Result<()> {
 }
 
 pub fn run(guest: &[u8], quick: bool) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("ferry-bench-store-{}", std::process::id()));
+    in_temp_dir("store", |dir| run_in(dir, guest, quick))
+}
+
+/// Runs `f` in a fresh directory `$TMPDIR/ferry-bench-NAME-PID`, removed afterwards.
+pub(crate) fn in_temp_dir(
+    name: &str,
+    f: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("ferry-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = run_in(&dir, guest, quick);
+    let result = f(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
