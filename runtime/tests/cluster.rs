@@ -142,8 +142,8 @@ impl TestCluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        // The other nodes learn the table from their next heartbeat.
-        std::thread::sleep(Duration::from_millis(700));
+        // The other nodes learn the table from their next heartbeats.
+        c.fresh_workers(&driver);
         c
     }
 
@@ -166,6 +166,52 @@ impl TestCluster {
             .filter(|m| m.info.worker)
             .collect()
     }
+
+    /// The live workers, with loads each node measured after this was called: loads reach the
+    /// head with heartbeats, and the second report after now was surely taken after now.
+    fn fresh_workers(&self, client: &Client) -> Vec<ferry::Member> {
+        let seen: Vec<(u64, u64)> = self
+            .workers(client)
+            .iter()
+            .filter(|m| m.alive)
+            .map(|m| (m.info.id, m.load.reports))
+            .collect();
+        for _ in 0..600 {
+            let now = self.workers(client);
+            let fresh = seen.iter().all(|(id, r)| {
+                now.iter()
+                    .any(|m| m.info.id == *id && m.load.reports >= r + 2)
+            });
+            if fresh {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the nodes sent no load reports for 30 s; {}", self.logs());
+    }
+
+    /// The nodes' logs, for failure messages.
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                format!("\n--- node {} ---\n{log}", n.id)
+            })
+            .collect()
+    }
+}
+
+/// Polls `check` every 100 ms until it holds, for at most 30 s (asynchronous effects such as
+/// frees and death detection take a moment; the bound only stops a broken build hanging).
+fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }
 
 fn ferry_ids() -> u64 {
@@ -202,9 +248,8 @@ fn a_three_node_cluster_runs_calls_ships_code_and_moves_objects() {
     let fib: ObjectRef<u64> = module.call("fib", (12u32,)).unwrap();
     assert_eq!(rt.block_on(client.get(&fib)).unwrap(), 144);
 
-    // Every node ran calls, and fetched the module once (loads arrive with heartbeats).
-    std::thread::sleep(Duration::from_millis(700));
-    let members = c.workers(&client);
+    // Every node ran calls, and fetched the module once.
+    let members = c.fresh_workers(&client);
     for m in &members {
         assert!(
             m.load.calls_finished > 0,
@@ -218,8 +263,7 @@ fn a_three_node_cluster_runs_calls_ships_code_and_moves_objects() {
         .map(|i| module.call("echo", (i,)).unwrap())
         .collect();
     rt.block_on(client.get_many(&more)).unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    for m in c.workers(&client) {
+    for m in c.fresh_workers(&client) {
         assert_eq!(m.load.modules_fetched, 1, "{m:?}");
         assert!(m.load.modules_compiled <= 1, "{m:?}");
     }
@@ -245,16 +289,22 @@ fn a_three_node_cluster_runs_calls_ships_code_and_moves_objects() {
     assert!(c.nodes.iter().any(|n| n.id == holder.to_string()));
 
     // Locality: a call taking that result runs where it is, so nothing is pulled.
-    std::thread::sleep(Duration::from_millis(700));
-    let pulled_before: u64 = c.workers(&client).iter().map(|m| m.load.bytes_pulled).sum();
+    let pulled_before: u64 = c
+        .fresh_workers(&client)
+        .iter()
+        .map(|m| m.load.bytes_pulled)
+        .sum();
     let lens: Vec<ObjectRef<u64>> = (0..4)
         .map(|_| module.call("bytes_len", (&big,)).unwrap())
         .collect();
     for l in rt.block_on(client.get_many(&lens)).unwrap() {
         assert_eq!(l, 3 << 20);
     }
-    std::thread::sleep(Duration::from_millis(700));
-    let pulled_after: u64 = c.workers(&client).iter().map(|m| m.load.bytes_pulled).sum();
+    let pulled_after: u64 = c
+        .fresh_workers(&client)
+        .iter()
+        .map(|m| m.load.bytes_pulled)
+        .sum();
     assert!(
         pulled_after - pulled_before < 1 << 20,
         "the argument was pulled: {} bytes",
@@ -296,6 +346,18 @@ fn a_three_node_cluster_runs_calls_ships_code_and_moves_objects() {
     assert!(matches!(task.kind, TaskErrorKind::Failed { .. }), "{e}");
     assert!(c.nodes.iter().any(|n| n.id == task.node.to_string()), "{e}");
 
+    // In-band arguments larger than a frame are refused by the caller, not lost in transit.
+    let huge: ObjectRef<u64> = module.call("bytes_len", (vec![7u8; 20 << 20],)).unwrap();
+    let e = rt.block_on(client.get(&huge)).unwrap_err();
+    assert!(
+        matches!(
+            e.task_error().map(|t| &t.kind),
+            Some(TaskErrorKind::Host { .. })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("larger than the limit"), "{e}");
+
     // `ferry run --cluster` works too.
     let out = ferry(&[
         "run",
@@ -330,24 +392,22 @@ fn a_three_node_cluster_runs_calls_ships_code_and_moves_objects() {
 
     // Every object the driver dropped is freed on every node: nothing leaks across nodes.
     drop((
-        sums, fib, more, blob, sum, nested, big, lens, slow, w, bad, r, m2, second,
+        sums, fib, more, blob, sum, nested, big, lens, slow, w, bad, r, m2, second, huge,
     ));
     drop(module);
     let mut left = Vec::new();
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(200));
+    eventually(|| {
         left = c
-            .workers(&client)
+            .fresh_workers(&client)
             .iter()
             .map(|m| m.load.objects)
             .collect::<Vec<u64>>();
-        if left.iter().all(|&n| n == 0) {
-            break;
-        }
-    }
+        left.iter().all(|&n| n == 0)
+    });
     assert!(
         left.iter().all(|&n| n == 0),
-        "objects left on the nodes: {left:?}"
+        "objects left on the nodes: {left:?}; {}",
+        c.logs()
     );
 }
 
@@ -378,8 +438,11 @@ fn peers_without_a_valid_certificate_are_refused() {
     assert!(e.contains("could not start the node"), "{e}");
 
     // The head says why, and only the three real nodes are members.
-    std::thread::sleep(Duration::from_millis(300));
-    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    let mut log = String::new();
+    eventually(|| {
+        log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+        log.contains("refused a connection")
+    });
     assert!(log.contains("refused a connection"), "{log}");
     assert!(log.contains("invalid peer certificate"), "{log}");
     let client = c.driver();
@@ -413,6 +476,7 @@ fn a_killed_node_is_reported_dead_and_its_calls_and_objects_fail_naming_it() {
         .map(|_| module.call("spin_forever", ()).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(500));
+    let victim_id = victim.id.clone();
     drop(victim); // SIGKILL
 
     let mut died = 0;
@@ -421,7 +485,8 @@ fn a_killed_node_is_reported_dead_and_its_calls_and_objects_fail_naming_it() {
             Err(GetError::Task(e)) => match &e.kind {
                 TaskErrorKind::NodeDied { node, .. } => {
                     died += 1;
-                    assert!(e.to_string().contains(&node.to_string()), "{e}");
+                    assert_eq!(node.to_string(), victim_id, "{e}");
+                    assert!(e.to_string().contains(&victim_id), "{e}");
                 }
                 TaskErrorKind::TimedOut { .. } => {}
                 other => panic!("unexpected failure {other:?}"),
@@ -432,17 +497,22 @@ fn a_killed_node_is_reported_dead_and_its_calls_and_objects_fail_naming_it() {
     assert!(died > 0, "no call was running on the killed node");
 
     match rt.block_on(client.get(&on_victim)) {
-        Err(GetError::NodeDied { node, .. }) => assert_eq!(node.to_string().len(), 16),
+        Err(GetError::NodeDied { node, .. }) => assert_eq!(node.to_string(), victim_id),
         other => panic!("expected the object to be lost with its node, got {other:?}"),
     }
 
     // The head reports it dead; the others keep serving.
-    let dead: Vec<ferry::Member> = c
-        .workers(&client)
-        .into_iter()
-        .filter(|m| !m.alive)
-        .collect();
+    let mut dead: Vec<ferry::Member> = Vec::new();
+    eventually(|| {
+        dead = c
+            .workers(&client)
+            .into_iter()
+            .filter(|m| !m.alive)
+            .collect();
+        !dead.is_empty()
+    });
     assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(ferry::NodeId(dead[0].info.id).to_string(), victim_id);
     let r: ObjectRef<i64> = module.call("add", (1i64, 2i64)).unwrap();
     assert_eq!(rt.block_on(client.get(&r)).unwrap(), 3);
 }

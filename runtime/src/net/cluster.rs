@@ -36,7 +36,7 @@ use crate::objects::{
     BoxFuture, Completed, ForeignWait, ObjectState, ObjectWithRefs, RemoteObjects, WaitFlags,
 };
 use crate::store::Sealed;
-use crate::wasm::TaskSpec;
+use crate::wasm::{Completion, TaskSpec};
 
 /// Results at most this large go back to the owner with the reply instead of staying on the
 /// node that made them (Ray inlines small results the same way).
@@ -192,6 +192,8 @@ pub struct Cluster {
     module_loads: Mutex<HashMap<ModuleId, ModuleLoad>>,
     modules_fetched: AtomicU64,
     bytes_pulled: AtomicU64,
+    /// Loads reported so far (`Load::reports`).
+    reports: AtomicU64,
     stopping: AtomicBool,
     /// Reference-count changes for other nodes, sent in order by `outbox_loop`.
     outbox: tokio::sync::mpsc::UnboundedSender<Outgoing>,
@@ -279,6 +281,7 @@ impl Cluster {
             module_loads: Mutex::new(HashMap::new()),
             modules_fetched: AtomicU64::new(0),
             bytes_pulled: AtomicU64::new(0),
+            reports: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             outbox,
         });
@@ -389,19 +392,19 @@ impl Cluster {
             return Load::default();
         };
         let s = node.stats();
-        let running = (node.config.max_instances.max(1) as usize)
-            .saturating_sub(node.instance_slots.available_permits()) as u64;
-        let open = s.tasks_submitted.saturating_sub(s.tasks_finished);
+        let (running, queued) = busy(&node);
+        self.reports.fetch_add(1, Ordering::Relaxed);
         Load {
             store_used: s.store.used,
             store_capacity: s.store.capacity,
             running,
-            queued: open.saturating_sub(running),
+            queued,
             calls_finished: s.tasks_finished,
             modules_compiled: s.modules.compiled,
             modules_fetched: self.modules_fetched.load(Ordering::Relaxed),
             bytes_pulled: self.bytes_pulled.load(Ordering::Relaxed),
             objects: s.objects.objects,
+            reports: self.reports.load(Ordering::Relaxed),
         }
     }
 
@@ -807,18 +810,8 @@ impl Cluster {
             }
             Request::Module(id) => match node.modules.get(&id) {
                 Some(m) => {
-                    write_frame(
-                        &mut send,
-                        &Response::Module {
-                            len: m.wasm.len() as u64,
-                        },
-                    )
-                    .await?;
-                    send.write_all(&m.wasm)
-                        .await
-                        .map_err(|e| conn_err(&who, e))?;
-                    let _ = send.finish();
-                    return Ok(());
+                    let len = m.wasm.len() as u64;
+                    return reply(&mut send, &Response::Module { len }, Some(&m.wasm)).await;
                 }
                 None => Response::Error(format!("module {id} is not loaded here")),
             },
@@ -845,9 +838,7 @@ impl Cluster {
                 Response::Ack
             }
         };
-        write_frame(&mut send, &response).await?;
-        let _ = send.finish();
-        Ok(())
+        reply(&mut send, &response, None).await
     }
 
     async fn locate(&self, node: &Arc<NodeInner>, id: ObjectId, wait_ms: u64) -> WireLocation {
@@ -885,20 +876,11 @@ impl Cluster {
         };
         let (sealed, contained) = match found {
             Ok(x) => x,
-            Err(e) => {
-                write_frame(&mut send, &Response::Error(e.to_string())).await?;
-                let _ = send.finish();
-                return Ok(());
-            }
+            Err(e) => return reply(&mut send, &Response::Error(e.to_string()), None).await,
         };
-        let header = object_header(&sealed, contained);
-        write_frame(&mut send, &Response::Object(header)).await?;
+        let header = Response::Object(object_header(&sealed, contained));
         // Straight from the store mapping; the `Arc` pins the bytes meanwhile.
-        send.write_all(sealed.bytes())
-            .await
-            .map_err(|e| conn_err("fetcher", e))?;
-        let _ = send.finish();
-        Ok(())
+        reply(&mut send, &header, Some(sealed.bytes())).await
     }
 
     /// Runs a call another node placed here, and keeps its result for that node.
@@ -956,9 +938,7 @@ impl Cluster {
             Ok(id) => id,
             Err(e) => {
                 let r = Response::Done(WireOutcome::Failed(WireTaskError::from(&e)));
-                write_frame(&mut send, &r).await?;
-                let _ = send.finish();
-                return Ok(());
+                return reply(&mut send, &r, None).await;
             }
         };
         let state = node.objects.state(result);
@@ -1003,14 +983,7 @@ impl Cluster {
                 (Response::Done(WireOutcome::Failed((&e).into())), None)
             }
         };
-        write_frame(&mut send, &response).await?;
-        if let Some(sealed) = inline {
-            send.write_all(sealed.bytes())
-                .await
-                .map_err(|e| conn_err("caller", e))?;
-        }
-        let _ = send.finish();
-        Ok(())
+        reply(&mut send, &response, inline.as_deref().map(Sealed::bytes)).await
     }
 
     /// Makes sure `module` is loaded here, fetching its bytes from node `from` if not. Loads
@@ -1112,10 +1085,11 @@ impl Cluster {
         let mut candidates: Vec<(u64, f64)> = Vec::new();
         let mut queued_of: HashMap<u64, u64> = HashMap::new();
         if self.me.worker {
-            let l = self.load();
+            // Only the counters: `load` reads the whole table, too slow for every call.
+            let (running, queued) = busy(node);
             let cores = self.me.cores.max(1) as f64;
-            candidates.push((self.me.id, (l.running + l.queued) as f64 / cores));
-            queued_of.insert(self.me.id, l.queued);
+            candidates.push((self.me.id, (running + queued) as f64 / cores));
+            queued_of.insert(self.me.id, queued);
         }
         for m in self.lock_members().values() {
             if m.info.id == self.me.id
@@ -1187,12 +1161,12 @@ impl Cluster {
             .entry(target.0)
             .or_default() += 1;
         self.net.spawn(async move {
-            let mut guard = RemoteCompletion {
-                node: &node,
-                spec: &spec,
+            let mut guard = Completion::new(
+                &node,
+                &spec,
                 target,
-                done: false,
-            };
+                "the call was abandoned (this node is shutting down)",
+            );
             let outcome = c.run_remote(&node, target, &spec).await;
             node.objects
                 .complete(spec.result, outcome, &spec.held_refs());
@@ -1221,6 +1195,26 @@ impl Cluster {
                 kind,
             })
         };
+        // Checked before anything is copied or encoded: a frame the receiver would refuse is
+        // refused here, at no cost to the network thread.
+        let inband: usize = spec
+            .args
+            .iter()
+            .map(|a| match a {
+                CallArg::Value { bytes, refs } => bytes.len() + refs.len() * 16 + 8,
+                CallArg::Object(_) => 24,
+            })
+            .sum::<usize>()
+            + spec.function.len();
+        if inband > MAX_FRAME - 4096 {
+            return Err(fail(TaskErrorKind::Host {
+                detail: format!(
+                    "the call's in-band arguments take {inband} bytes, larger than the limit of \
+                     {MAX_FRAME} bytes a call to another node carries; pass large values as \
+                     Blob or Buffer (they travel as objects)"
+                ),
+            }));
+        }
         let task = WireTask {
             module: spec.module,
             function: spec.function.clone(),
@@ -1506,32 +1500,6 @@ async fn send_ref_batch(c: &Arc<Cluster>, groups: HashMap<u64, Vec<RefOp>>) {
     }
 }
 
-/// Fails a remote call's result if its future is dropped first (the node stopping).
-struct RemoteCompletion<'a> {
-    node: &'a NodeInner,
-    spec: &'a TaskSpec,
-    target: NodeId,
-    done: bool,
-}
-
-impl Drop for RemoteCompletion<'_> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let err = TaskError {
-            function: self.spec.function.clone(),
-            node: self.target,
-            kind: TaskErrorKind::Host {
-                detail: "the call was abandoned (this node is shutting down)".into(),
-            },
-        };
-        self.node
-            .objects
-            .complete(self.spec.result, Err(Arc::new(err)), &self.spec.held_refs());
-    }
-}
-
 fn object_header(sealed: &Sealed, contained: Vec<ObjectId>) -> WireObject {
     let layout = sealed.layout();
     WireObject {
@@ -1540,6 +1508,30 @@ fn object_header(sealed: &Sealed, contained: Vec<ObjectId>) -> WireObject {
         contained,
         total_len: sealed.len() as u64,
     }
+}
+
+/// Calls running on `node` (holding an instance) and waiting (for arguments or an instance).
+fn busy(node: &NodeInner) -> (u64, u64) {
+    let running = (node.config.max_instances.max(1) as usize)
+        .saturating_sub(node.instance_slots.available_permits()) as u64;
+    let submitted = node.tasks_submitted.load(Ordering::Relaxed);
+    let open = submitted.saturating_sub(node.tasks_finished.load(Ordering::Relaxed));
+    (running, open.saturating_sub(running))
+}
+
+/// Answers a request: the response frame, then `raw` bytes if the response announces them,
+/// then the end of the stream.
+async fn reply(
+    send: &mut SendStream,
+    response: &Response,
+    raw: Option<&[u8]>,
+) -> Result<(), NetError> {
+    write_frame(send, response).await?;
+    if let Some(raw) = raw {
+        send.write_all(raw).await.map_err(|e| conn_err("peer", e))?;
+    }
+    let _ = send.finish();
+    Ok(())
 }
 
 /// Sends `req` on a new stream of `conn` and reads the response frame; the stream's remaining
@@ -1565,8 +1557,20 @@ async fn request_on(conn: &Connection, req: &Request) -> Result<(Response, RecvS
     Ok((resp, recv))
 }
 
+/// Writes one frame; a message the peer would refuse as too large is an error here, before
+/// anything is sent (so it is not mistaken for a broken connection).
 async fn write_frame<T: serde::Serialize>(send: &mut SendStream, msg: &T) -> Result<(), NetError> {
-    send.write_all(&proto::encode_frame(msg))
+    let frame = proto::encode_frame(msg);
+    if frame.len() - 4 > MAX_FRAME {
+        return Err(NetError::Protocol {
+            peer: "this node".into(),
+            source: ProtoError::TooLarge {
+                len: (frame.len() - 4) as u64,
+                max: MAX_FRAME,
+            },
+        });
+    }
+    send.write_all(&frame)
         .await
         .map_err(|e| conn_err("peer", e))
 }

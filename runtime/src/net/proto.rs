@@ -84,6 +84,9 @@ pub struct Load {
     pub bytes_pulled: u64,
     /// Objects in the node's table (its own, copies kept for owners, borrowed refs).
     pub objects: u64,
+    /// How many loads the node has reported (this one included): a reader that sees it grow
+    /// knows the figures were taken after it last looked.
+    pub reports: u64,
 }
 
 /// One row of the head's node table.

@@ -9,6 +9,7 @@ use ferry_abi::{ModuleId, ObjectId};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::error::{GetError, TaskError, TaskErrorKind};
+use crate::ids::NodeId;
 use crate::node::NodeInner;
 use crate::objects::Completed;
 use crate::store::Sealed;
@@ -53,11 +54,12 @@ impl TaskSpec {
 pub async fn run_task(node: Arc<NodeInner>, spec: TaskSpec) {
     // If this future is dropped before it finishes (the node shuts down, or something
     // panicked), the guard still completes the result, so nobody waits on it forever.
-    let mut guard = Completion {
-        node: &node,
-        spec: &spec,
-        done: false,
-    };
+    let mut guard = Completion::new(
+        &node,
+        &spec,
+        node.id,
+        "the task was abandoned before it finished (the node is shutting down)",
+    );
     let mut granted = Vec::new();
     let mut slot = None;
     let outcome = execute(&node, &spec, &mut granted, &mut slot).await;
@@ -84,11 +86,34 @@ pub async fn run_task(node: Arc<NodeInner>, spec: TaskSpec) {
     drop(slot);
 }
 
-/// Completes a task's result with an error if the task never got to complete it.
-struct Completion<'a> {
+/// Completes a task's result with an error if the task never got to complete it (its future
+/// was dropped: the node is shutting down, or something panicked), so nobody waits forever.
+pub(crate) struct Completion<'a> {
     node: &'a NodeInner,
     spec: &'a TaskSpec,
-    done: bool,
+    /// The node the task ran on (named in the error).
+    ran_on: NodeId,
+    detail: &'static str,
+    /// Set once the outcome is recorded.
+    pub(crate) done: bool,
+}
+
+impl<'a> Completion<'a> {
+    /// A guard for `spec`'s result, failing it with `detail` if dropped before `done`.
+    pub(crate) fn new(
+        node: &'a NodeInner,
+        spec: &'a TaskSpec,
+        ran_on: NodeId,
+        detail: &'static str,
+    ) -> Self {
+        Self {
+            node,
+            spec,
+            ran_on,
+            detail,
+            done: false,
+        }
+    }
 }
 
 impl Drop for Completion<'_> {
@@ -98,10 +123,9 @@ impl Drop for Completion<'_> {
         }
         let err = TaskError {
             function: self.spec.function.clone(),
-            node: self.node.id,
+            node: self.ran_on,
             kind: TaskErrorKind::Host {
-                detail: "the task was abandoned before it finished (the node is shutting down)"
-                    .into(),
+                detail: self.detail.into(),
             },
         };
         self.node
