@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use ferry_tests::testguest_path;
+use ferry_tests::{store_dir, testguest_path};
 
 fn ferry(args: &[&str]) -> Output {
     let store = tempfile::tempdir().unwrap();
@@ -14,7 +14,7 @@ fn ferry(args: &[&str]) -> Output {
             "--store-size",
             "64M",
             "--store-dir",
-            store.path().to_str().unwrap(),
+            store_dir(store.path()).to_str().unwrap(),
         ])
         .env("FERRY_LOG", "off")
         .output()

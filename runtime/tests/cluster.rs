@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ferry::{Blob, Client, GetError, ObjectLocation, ObjectRef, TaskErrorKind};
-use ferry_tests::{test_config, testguest_path, testguest_wasm};
+use ferry_tests::{store_dir, test_config, testguest_path, testguest_wasm};
 
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
@@ -61,7 +61,7 @@ impl Drop for NodeProc {
 }
 
 fn start(dir: &Path, name: &str, join: Option<SocketAddr>) -> Result<NodeProc, String> {
-    let store = dir.join(format!("{name}-store"));
+    let store = store_dir(&dir.join(format!("{name}-store")));
     std::fs::create_dir_all(&store).unwrap();
     let log = dir.join(format!("{name}.log"));
     let mut cmd = Command::new(FERRY);

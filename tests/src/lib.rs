@@ -1,6 +1,6 @@
 //! Helpers shared by ferry's integration tests: the guest artefacts and small, isolated nodes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use ferry;
 
@@ -14,11 +14,24 @@ pub fn testguest_path() -> &'static Path {
     Path::new(env!("FERRY_TESTGUEST_WASM"))
 }
 
-/// A node configuration for tests: a small store in a private directory, a private compile
-/// cache, and short limits.
+/// Where tests put store files: `/dev/shm` where there is one (memory, a node's default; each
+/// store file has a unique name and is unlinked once mapped), else `fallback`. Store files
+/// are reserved in full up front, so on disk a test suite's many small stores would take disk
+/// space that a build machine may not have to spare.
+pub fn store_dir(fallback: &Path) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        fallback.to_path_buf()
+    }
+}
+
+/// A node configuration for tests: a small store (see [`store_dir`]), a private compile cache
+/// and spill directory in `dir`, and short limits.
 pub fn test_config(dir: &Path) -> ferry::NodeConfig {
     ferry::NodeConfig {
-        store_dir: dir.to_path_buf(),
+        store_dir: store_dir(dir),
         store_capacity: 64 << 20,
         cache_dir: Some(dir.join("cache")),
         workers: 2,
