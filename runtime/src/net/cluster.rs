@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use ferry_abi::abi::CallArg;
 use ferry_abi::{ModuleId, ObjectId};
 use quinn::{Connection, RecvStream, SendStream};
@@ -30,7 +31,7 @@ use crate::net::proto::{
     self, Load, MAX_FRAME, Member, NodeInfo, ProtoError, RefOp, Request, Response, WireLocation,
     WireObject, WireOutcome, WireTask, WireTaskError,
 };
-use crate::net::tls::{Credentials, NODE_NAME, TlsError};
+use crate::net::tls::{self, Credentials, NODE_NAME, TlsError};
 use crate::node::NodeInner;
 use crate::objects::{
     BoxFuture, Completed, ForeignWait, ObjectState, ObjectWithRefs, RemoteObjects, WaitFlags,
@@ -231,12 +232,11 @@ impl Cluster {
         let client_config = opts.credentials.client_config(opts.idle_timeout)?;
         let endpoint = {
             let _guard = runtime.enter();
-            let mut endpoint = match opts.listen {
-                Some(addr) => {
-                    let server = opts.credentials.server_config(opts.idle_timeout)?;
-                    quinn::Endpoint::server(server, addr)
-                        .map_err(|source| NetError::Bind { addr, source })?
-                }
+            let (addr, server) = match opts.listen {
+                Some(addr) => (
+                    addr,
+                    Some(opts.credentials.server_config(opts.idle_timeout)?),
+                ),
                 None => {
                     let addr: SocketAddr = match opts.head {
                         Some(h) if h.ip().is_loopback() => "127.0.0.1:0",
@@ -245,10 +245,17 @@ impl Cluster {
                     }
                     .parse()
                     .expect("a valid literal address");
-                    quinn::Endpoint::client(addr)
-                        .map_err(|source| NetError::Bind { addr, source })?
+                    (addr, None)
                 }
             };
+            let bind = |source| NetError::Bind { addr, source };
+            let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+            tls::enlarge_socket_buffers(&socket);
+            let runtime = quinn::default_runtime()
+                .ok_or_else(|| bind(std::io::Error::other("no async runtime for quinn")))?;
+            let mut endpoint =
+                quinn::Endpoint::new(tls::endpoint_config(), server, socket, runtime)
+                    .map_err(bind)?;
             endpoint.set_default_client_config(client_config.clone());
             endpoint
         };
@@ -811,7 +818,8 @@ impl Cluster {
             Request::Module(id) => match node.modules.get(&id) {
                 Some(m) => {
                     let len = m.wasm.len() as u64;
-                    return reply(&mut send, &Response::Module { len }, Some(&m.wasm)).await;
+                    let wasm = Bytes::from_owner(m.wasm.clone());
+                    return reply(&mut send, &Response::Module { len }, Some(wasm)).await;
                 }
                 None => Response::Error(format!("module {id} is not loaded here")),
             },
@@ -879,8 +887,7 @@ impl Cluster {
             Err(e) => return reply(&mut send, &Response::Error(e.to_string()), None).await,
         };
         let header = Response::Object(object_header(&sealed, contained));
-        // Straight from the store mapping; the `Arc` pins the bytes meanwhile.
-        reply(&mut send, &header, Some(sealed.bytes())).await
+        reply(&mut send, &header, Some(store_bytes(sealed))).await
     }
 
     /// Runs a call another node placed here, and keeps its result for that node.
@@ -983,7 +990,7 @@ impl Cluster {
                 (Response::Done(WireOutcome::Failed((&e).into())), None)
             }
         };
-        reply(&mut send, &response, inline.as_deref().map(Sealed::bytes)).await
+        reply(&mut send, &response, inline.map(store_bytes)).await
     }
 
     /// Makes sure `module` is loaded here, fetching its bytes from node `from` if not. Loads
@@ -1519,16 +1526,30 @@ fn busy(node: &NodeInner) -> (u64, u64) {
     (running, open.saturating_sub(running))
 }
 
+/// A stored object's bytes as `Bytes` that keep it pinned: quinn sends them straight from the
+/// store mapping, without copying them into its own buffers first.
+fn store_bytes(sealed: Arc<Sealed>) -> Bytes {
+    struct Pinned(Arc<Sealed>);
+    impl AsRef<[u8]> for Pinned {
+        fn as_ref(&self) -> &[u8] {
+            self.0.bytes()
+        }
+    }
+    Bytes::from_owner(Pinned(sealed))
+}
+
 /// Answers a request: the response frame, then `raw` bytes if the response announces them,
 /// then the end of the stream.
 async fn reply(
     send: &mut SendStream,
     response: &Response,
-    raw: Option<&[u8]>,
+    raw: Option<Bytes>,
 ) -> Result<(), NetError> {
     write_frame(send, response).await?;
     if let Some(raw) = raw {
-        send.write_all(raw).await.map_err(|e| conn_err("peer", e))?;
+        send.write_chunk(raw)
+            .await
+            .map_err(|e| conn_err("peer", e))?;
     }
     let _ = send.finish();
     Ok(())

@@ -183,17 +183,70 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     let idle = idle.max(Duration::from_millis(300));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
     t.keep_alive_interval(Some(idle / 3));
-    t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
-    t.receive_window(quinn::VarInt::from_u32(64 << 20));
-    t.send_window(64 << 20);
+    // Windows large enough for a fast network's bandwidth-delay product (6 MiB is 1 ms at
+    // 48 Gbit/s), and below what the enlarged socket buffers hold (`enlarge_socket_buffers`):
+    // with 16/64 MiB windows the kernel dropped datagrams on loopback, which QUIC then treats
+    // as congestion.
+    t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));
+    t.receive_window(quinn::VarInt::from_u32(6 << 20));
+    t.send_window(6 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
     // Let path MTU discovery go past Ethernet's 1500 bytes where the path allows it (loopback,
     // jumbo-frame networks): fewer packets per byte. Discovery probes, so a smaller path MTU
-    // costs nothing but the probes.
+    // costs nothing but the probes. It only goes as high as the peer accepts: see
+    // `endpoint_config`.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(65_000);
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
+}
+
+/// Requested UDP socket buffer size, each way; the kernel caps it at `net.core.rmem_max` and
+/// `net.core.wmem_max` (docs/operations.md).
+const UDP_BUFFER: usize = 16 << 20;
+
+/// Raises the socket's buffers above the kernel's default (about 208 KiB). With the default,
+/// the receive buffer overflows during a bulk transfer whenever the network thread falls
+/// behind; the drops read as congestion, and with large datagrams as a path MTU black hole
+/// that sends the connection back to 1,200-byte packets.
+pub(crate) fn enlarge_socket_buffers(socket: &std::net::UdpSocket) {
+    let state = match quinn::udp::UdpSocketState::new(socket.into()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("cannot size the UDP socket's buffers: {e}");
+            return;
+        }
+    };
+    let recv = state.set_recv_buffer_size(socket.into(), UDP_BUFFER);
+    let send = state.set_send_buffer_size(socket.into(), UDP_BUFFER);
+    if let Err(e) = recv.and(send) {
+        tracing::debug!("cannot size the UDP socket's buffers: {e}");
+    }
+    tracing::debug!(
+        recv = ?state.recv_buffer_size(socket.into()),
+        send = ?state.send_buffer_size(socket.into()),
+        "UDP socket buffers"
+    );
+}
+
+/// The largest UDP payload a node sends (after path MTU discovery) and accepts. quinn sends up
+/// to 10 datagrams in one segmentation-offload (GSO) call, whose total the kernel caps at
+/// 64 KiB; a larger batch fails with EMSGSIZE, which quinn-udp ignores (it expects that only
+/// of MTU probes), so every packet of it is lost. 10 × 6,500 stays inside the cap. (With
+/// 65,000 the probes passed, the batches vanished, and the connection fell back to 1,200.)
+const MAX_UDP_PAYLOAD: u16 = 6_500;
+/// quinn 0.11's `MAX_TRANSMIT_SEGMENTS`: datagrams per GSO call.
+const QUINN_GSO_SEGMENTS: usize = 10;
+const _: () = assert!(MAX_UDP_PAYLOAD as usize * QUINN_GSO_SEGMENTS <= 65_507);
+
+/// Endpoint settings: accept datagrams up to [`MAX_UDP_PAYLOAD`]. A peer never sends more than
+/// this advertises (quinn's default is 1,472 bytes, Ethernet's), so without it path MTU
+/// discovery stops at Ethernet's size even on loopback.
+pub(crate) fn endpoint_config() -> quinn::EndpointConfig {
+    let mut e = quinn::EndpointConfig::default();
+    e.max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .expect("within QUIC's bounds (1,200..=65,527)");
+    e
 }
 
 fn ca_params() -> rcgen::CertificateParams {
