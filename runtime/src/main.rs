@@ -277,7 +277,11 @@ fn main() -> ExitCode {
         Err(e) => {
             let mut msg = format!("error: {e}");
             for cause in e.chain().skip(1) {
-                msg.push_str(&format!(": {cause}"));
+                // Some errors print their source in their own message already.
+                let cause = cause.to_string();
+                if !msg.ends_with(&cause) {
+                    msg.push_str(&format!(": {cause}"));
+                }
             }
             // One line, whatever the causes contain (wasmtime's messages span lines).
             let line: Vec<&str> = msg.split_whitespace().collect();

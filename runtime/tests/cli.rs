@@ -128,6 +128,18 @@ fn errors_are_one_clear_line() {
     std::fs::write(not_wasm.path(), b"hello").unwrap();
     let e = error_line(&ferry(&["inspect", not_wasm.path().to_str().unwrap()]));
     assert!(e.contains("invalid Wasm module"), "{e}");
+    // A cause already in the message is not repeated.
+    let e = error_line(&ferry(&[
+        "run",
+        "--cluster",
+        "127.0.0.1:9",
+        "--certs",
+        "/nonexistent/certs",
+        "/nonexistent/x.wasm",
+        "f",
+    ]));
+    assert!(e.contains("/nonexistent/certs/ca.pem"), "{e}");
+    assert_eq!(e.matches("No such file").count(), 1, "{e}");
 }
 
 #[test]

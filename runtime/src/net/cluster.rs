@@ -1090,13 +1090,15 @@ impl Cluster {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let mut candidates: Vec<(u64, f64)> = Vec::new();
-        let mut queued_of: HashMap<u64, u64> = HashMap::new();
+        // A node's queue is full at 4 waiting calls per core: locality gives way then.
+        let mut full_queue: HashMap<u64, bool> = HashMap::new();
+        let is_full = |queued: u64, cores: u32| queued >= 4 * u64::from(cores.max(1));
         if self.me.worker {
             // Only the counters: `load` reads the whole table, too slow for every call.
             let (running, queued) = busy(node);
             let cores = self.me.cores.max(1) as f64;
             candidates.push((self.me.id, (running + queued) as f64 / cores));
-            queued_of.insert(self.me.id, queued);
+            full_queue.insert(self.me.id, is_full(queued, self.me.cores));
         }
         for m in self.lock_members().values() {
             if m.info.id == self.me.id
@@ -1109,7 +1111,7 @@ impl Cluster {
             let sent = inflight.get(&m.info.id).copied().unwrap_or(0);
             let busy = (m.load.running + m.load.queued).max(sent);
             candidates.push((m.info.id, busy as f64 / m.info.cores.max(1) as f64));
-            queued_of.insert(m.info.id, m.load.queued.max(sent));
+            full_queue.insert(m.info.id, is_full(m.load.queued.max(sent), m.info.cores));
         }
         if candidates.is_empty() {
             return Err("no live node in the cluster runs calls".into());
@@ -1133,13 +1135,10 @@ impl Cluster {
                 }
             }
         }
-        let full = |id: u64| {
-            queued_of.get(&id).copied().unwrap_or(0) >= 4 * node.config.workers.max(1) as u64
-        };
         if let Some((&best, &b)) = bytes.iter().max_by_key(|(_, b)| **b)
             && b >= LOCALITY_MIN
             && candidates.iter().any(|c| c.0 == best)
-            && !full(best)
+            && !full_queue.get(&best).copied().unwrap_or(false)
         {
             return Ok((best != self.me.id).then_some(NodeId(best)));
         }
