@@ -27,6 +27,7 @@ use tokio::sync::OnceCell;
 
 use crate::error::{GetError, TaskError, TaskErrorKind};
 use crate::ids::NodeId;
+use crate::net::placement::{self, Candidate, LOCALITY_MIN};
 use crate::net::proto::{
     self, Load, MAX_FRAME, Member, NodeInfo, ProtoError, RefOp, Request, Response, WireLocation,
     WireObject, WireOutcome, WireTask, WireTaskError,
@@ -42,9 +43,6 @@ use crate::wasm::{Completion, TaskSpec};
 /// Results at most this large go back to the owner with the reply instead of staying on the
 /// node that made them (Ray inlines small results the same way).
 pub const INLINE_MAX: u64 = 64 << 10;
-
-/// Argument bytes on one node from which placement prefers that node.
-pub const LOCALITY_MIN: u64 = 64 << 10;
 
 /// Largest module accepted from a peer.
 pub const MAX_MODULE: u64 = 256 << 20;
@@ -1083,23 +1081,39 @@ impl Cluster {
     /// Where a call with `args` should run: `Ok(None)` here, `Ok(Some(node))` there, `Err` if
     /// no node of the cluster runs calls.
     pub fn place(&self, node: &NodeInner, args: &[CallArg]) -> Result<Option<NodeId>, String> {
+        // The bytes of the top-level arguments, per node that holds them.
+        let mut bytes: HashMap<u64, u64> = HashMap::new();
+        for a in args {
+            if let CallArg::Object(id) = a {
+                let (at, len) = match node.objects.state(*id) {
+                    Some(ObjectState::Ready(s)) => (self.me.id, s.len() as u64),
+                    Some(ObjectState::Spilled(_)) => (self.me.id, LOCALITY_MIN),
+                    Some(ObjectState::Remote { holder, len }) => (holder.0, len),
+                    _ => continue,
+                };
+                *bytes.entry(at).or_default() += len;
+            }
+        }
+        let held = |id: u64| bytes.get(&id).copied().unwrap_or(0);
+        let mut candidates = Vec::new();
+        if self.me.worker {
+            // Only the counters: `load` reads the whole table, too slow for every call.
+            let (running, queued) = busy(node);
+            candidates.push(Candidate {
+                id: self.me.id,
+                busy: running + queued,
+                queued,
+                cores: self.me.cores,
+                bytes: held(self.me.id),
+            });
+        }
+        // Copies, so that no two of these locks are ever held at once.
         let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let inflight = self
             .inflight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut candidates: Vec<(u64, f64)> = Vec::new();
-        // A node's queue is full at 4 waiting calls per core: locality gives way then.
-        let mut full_queue: HashMap<u64, bool> = HashMap::new();
-        let is_full = |queued: u64, cores: u32| queued >= 4 * u64::from(cores.max(1));
-        if self.me.worker {
-            // Only the counters: `load` reads the whole table, too slow for every call.
-            let (running, queued) = busy(node);
-            let cores = self.me.cores.max(1) as f64;
-            candidates.push((self.me.id, (running + queued) as f64 / cores));
-            full_queue.insert(self.me.id, is_full(queued, self.me.cores));
-        }
         for m in self.lock_members().values() {
             if m.info.id == self.me.id
                 || !m.alive
@@ -1108,53 +1122,20 @@ impl Cluster {
             {
                 continue;
             }
+            // Its last report, or the calls this node has sent it since, if more.
             let sent = inflight.get(&m.info.id).copied().unwrap_or(0);
-            let busy = (m.load.running + m.load.queued).max(sent);
-            candidates.push((m.info.id, busy as f64 / m.info.cores.max(1) as f64));
-            full_queue.insert(m.info.id, is_full(m.load.queued.max(sent), m.info.cores));
+            candidates.push(Candidate {
+                id: m.info.id,
+                busy: (m.load.running + m.load.queued).max(sent),
+                queued: m.load.queued.max(sent),
+                cores: m.info.cores,
+                bytes: held(m.info.id),
+            });
         }
-        if candidates.is_empty() {
-            return Err("no live node in the cluster runs calls".into());
+        match placement::choose(self.me.id, &candidates, crate::ids::random_u64()) {
+            None => Err("no live node in the cluster runs calls".into()),
+            Some(id) => Ok((id != self.me.id).then_some(NodeId(id))),
         }
-        // Locality: the node holding most of the top-level argument bytes, unless its queue
-        // is full.
-        let mut bytes: HashMap<u64, u64> = HashMap::new();
-        for a in args {
-            if let CallArg::Object(id) = a {
-                match node.objects.state(*id) {
-                    Some(ObjectState::Ready(s)) => {
-                        *bytes.entry(self.me.id).or_default() += s.len() as u64
-                    }
-                    Some(ObjectState::Spilled(_)) => {
-                        *bytes.entry(self.me.id).or_default() += LOCALITY_MIN
-                    }
-                    Some(ObjectState::Remote { holder, len }) => {
-                        *bytes.entry(holder.0).or_default() += len
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if let Some((&best, &b)) = bytes.iter().max_by_key(|(_, b)| **b)
-            && b >= LOCALITY_MIN
-            && candidates.iter().any(|c| c.0 == best)
-            && !full_queue.get(&best).copied().unwrap_or(false)
-        {
-            return Ok((best != self.me.id).then_some(NodeId(best)));
-        }
-        // Least loaded; this node wins ties (no network hop), else a tie is broken at random
-        // so that a driver's calls spread.
-        let min = candidates.iter().map(|c| c.1).fold(f64::INFINITY, f64::min);
-        let tied: Vec<u64> = candidates
-            .iter()
-            .filter(|c| c.1 <= min)
-            .map(|c| c.0)
-            .collect();
-        if tied.contains(&self.me.id) {
-            return Ok(None);
-        }
-        let pick = tied[(crate::ids::random_u64() % tied.len() as u64) as usize];
-        Ok(Some(NodeId(pick)))
     }
 
     /// Runs `spec` on `target` and records the outcome as the result's owner.

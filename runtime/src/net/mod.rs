@@ -1,6 +1,7 @@
 //! The network layer: certificates and mutual TLS ([`tls`]), the wire protocol ([`proto`]),
-//! and the cluster a node joins ([`cluster`]).
+//! the placement rule ([`placement`]), and the cluster a node joins ([`cluster`]).
 
 pub mod cluster;
+pub mod placement;
 pub mod proto;
 pub mod tls;
