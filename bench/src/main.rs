@@ -101,11 +101,14 @@ fn main() -> anyhow::Result<()> {
     ferry::init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    if let Some(bad) = args.iter().find(|a| a.starts_with("--") && *a != "--quick") {
-        anyhow::bail!(
-            "unknown option {bad}; usage: ferry-bench [--quick] [store | cluster | TEST...]\n\
-             (a TEST is a name or part of one, like Ray's TESTS_TO_RUN)"
-        );
+    const USAGE: &str = "usage: ferry-bench [--quick] [store | cluster | TEST...]\n\
+                         (a TEST is a name or part of one, like Ray's TESTS_TO_RUN)";
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    if let Some(bad) = args.iter().find(|a| a.starts_with('-') && *a != "--quick") {
+        anyhow::bail!("unknown option {bad}; {USAGE}");
     }
     let only: Vec<&str> = args
         .iter()
