@@ -1,37 +1,18 @@
 //! Node ids and object id generation.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_abi::ObjectId;
 
-/// The id of a node (or of a driver that owns objects): random, non-zero, 64 bits.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub struct NodeId(pub u64);
+pub use ferry_core::NodeId;
 
-impl NodeId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        loop {
-            let v = random_u64();
-            if v != 0 {
-                return Self(v);
-            }
+/// A fresh random node id (non-zero).
+pub fn random_node_id() -> NodeId {
+    loop {
+        let v = random_u64();
+        if v != 0 {
+            return NodeId(v);
         }
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({self})")
     }
 }
 

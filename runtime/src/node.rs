@@ -242,7 +242,7 @@ impl Node {
             .enable_all()
             .build()
             .map_err(NodeError::Runtime)?;
-        let id = NodeId::random();
+        let id = crate::ids::random_node_id();
         let objects = Arc::new(ObjectTable::new(store, spill));
         objects.set_local(id);
         codec::register_owner(id, &objects);

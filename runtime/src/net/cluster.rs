@@ -27,7 +27,6 @@ use tokio::sync::OnceCell;
 
 use crate::error::{GetError, TaskError, TaskErrorKind};
 use crate::ids::NodeId;
-use crate::net::placement::{self, Candidate, LOCALITY_MIN};
 use crate::net::proto::{
     self, Load, MAX_FRAME, Member, NodeInfo, ProtoError, RefOp, Request, Response, WireLocation,
     WireObject, WireOutcome, WireTask, WireTaskError,
@@ -39,6 +38,7 @@ use crate::objects::{
 };
 use crate::store::Sealed;
 use crate::wasm::{Completion, TaskSpec};
+use ferry_core::placement::{self, Candidate, LOCALITY_MIN};
 
 /// Results at most this large go back to the owner with the reply instead of staying on the
 /// node that made them (Ray inlines small results the same way).
@@ -1100,7 +1100,7 @@ impl Cluster {
             // Only the counters: `load` reads the whole table, too slow for every call.
             let (running, queued) = busy(node);
             candidates.push(Candidate {
-                id: self.me.id,
+                id: NodeId(self.me.id),
                 busy: running + queued,
                 queued,
                 cores: self.me.cores,
@@ -1125,16 +1125,16 @@ impl Cluster {
             // Its last report, or the calls this node has sent it since, if more.
             let sent = inflight.get(&m.info.id).copied().unwrap_or(0);
             candidates.push(Candidate {
-                id: m.info.id,
+                id: NodeId(m.info.id),
                 busy: (m.load.running + m.load.queued).max(sent),
                 queued: m.load.queued.max(sent),
                 cores: m.info.cores,
                 bytes: held(m.info.id),
             });
         }
-        match placement::choose(self.me.id, &candidates, crate::ids::random_u64()) {
+        match placement::choose(NodeId(self.me.id), &candidates, crate::ids::random_u64()) {
             None => Err("no live node in the cluster runs calls".into()),
-            Some(id) => Ok((id != self.me.id).then_some(NodeId(id))),
+            Some(id) => Ok((id.0 != self.me.id).then_some(id)),
         }
     }
 

@@ -1,7 +1,6 @@
 //! The network layer: certificates and mutual TLS ([`tls`]), the wire protocol ([`proto`]),
-//! the placement rule ([`placement`]), and the cluster a node joins ([`cluster`]).
+//! and the cluster a node joins ([`cluster`]); the placement rule is `ferry_core::placement`.
 
 pub mod cluster;
-pub mod placement;
 pub mod proto;
 pub mod tls;

@@ -1,6 +1,7 @@
-//! The placement rule, free of I/O: `Cluster::place` gathers each candidate's load and the
-//! argument bytes it holds, and [`choose`] decides. Kept apart so that the rule is tested
-//! deterministically, without sockets (DESIGN.md, "scheduler").
+//! The placement rule: the core gathers each candidate's load and the argument bytes it
+//! holds, and [`choose`] decides.
+
+use crate::ids::NodeId;
 
 /// Argument bytes on one node from which placement prefers that node.
 pub const LOCALITY_MIN: u64 = 64 << 10;
@@ -12,7 +13,7 @@ pub const QUEUE_PER_CORE: u64 = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
     /// The node.
-    pub id: u64,
+    pub id: NodeId,
     /// Calls running or waiting there.
     pub busy: u64,
     /// Calls waiting there for an instance.
@@ -40,7 +41,7 @@ impl Candidate {
 ///    [`LOCALITY_MIN`] and its queue is not full.
 /// 2. **Least loaded** otherwise, by calls per core: `me` wins a tie (no network hop), and
 ///    other ties are broken by `tie`, so that a driver's calls spread.
-pub fn choose(me: u64, candidates: &[Candidate], tie: u64) -> Option<u64> {
+pub fn choose(me: NodeId, candidates: &[Candidate], tie: u64) -> Option<NodeId> {
     let most = candidates.iter().max_by_key(|c| (c.bytes, c.id == me))?;
     if most.bytes >= LOCALITY_MIN && !most.full() {
         return Some(most.id);
@@ -51,7 +52,7 @@ pub fn choose(me: u64, candidates: &[Candidate], tie: u64) -> Option<u64> {
             .cmp(&(u128::from(b.busy) * u128::from(a.cores())))
     };
     let least = candidates.iter().min_by(|a, b| lighter(a, b))?;
-    let tied: Vec<u64> = candidates
+    let tied: Vec<NodeId> = candidates
         .iter()
         .filter(|c| lighter(c, least).is_eq())
         .map(|c| c.id)
@@ -68,7 +69,7 @@ mod tests {
 
     fn node(id: u64, busy: u64, queued: u64, cores: u32, bytes: u64) -> Candidate {
         Candidate {
-            id,
+            id: NodeId(id),
             busy,
             queued,
             cores,
@@ -78,7 +79,7 @@ mod tests {
 
     #[test]
     fn no_candidates_no_placement() {
-        assert_eq!(choose(1, &[], 0), None);
+        assert_eq!(choose(NodeId(1), &[], 0), None);
     }
 
     #[test]
@@ -90,16 +91,16 @@ mod tests {
         ];
         // Even though node 2 is the busiest.
         for tie in 0..4 {
-            assert_eq!(choose(1, &c, tie), Some(2));
+            assert_eq!(choose(NodeId(1), &c, tie), Some(NodeId(2)));
         }
     }
 
     #[test]
     fn small_arguments_do_not_decide() {
         let c = [node(1, 4, 0, 2, LOCALITY_MIN - 1), node(2, 1, 0, 2, 0)];
-        assert_eq!(choose(1, &c, 0), Some(2));
+        assert_eq!(choose(NodeId(1), &c, 0), Some(NodeId(2)));
         let c = [node(1, 4, 0, 2, LOCALITY_MIN), node(2, 1, 0, 2, 0)];
-        assert_eq!(choose(1, &c, 0), Some(1));
+        assert_eq!(choose(NodeId(1), &c, 0), Some(NodeId(1)));
     }
 
     #[test]
@@ -110,17 +111,17 @@ mod tests {
             node(2, 10, 8, 2, 1 << 30),
             node(3, 1, 0, 2, 0),
         ];
-        assert_eq!(choose(1, &c, 0), Some(3));
+        assert_eq!(choose(NodeId(1), &c, 0), Some(NodeId(3)));
         // Its own core count decides what full means: on 4 cores, 8 waiting is not full.
         let c = [node(1, 3, 0, 2, 0), node(2, 10, 8, 4, 1 << 30)];
-        assert_eq!(choose(1, &c, 0), Some(2));
+        assert_eq!(choose(NodeId(1), &c, 0), Some(NodeId(2)));
     }
 
     #[test]
     fn load_is_per_core() {
         // 6 calls on 8 cores is lighter than 2 calls on 2 cores.
         let c = [node(1, 2, 0, 2, 0), node(2, 6, 0, 8, 0)];
-        assert_eq!(choose(1, &c, 0), Some(2));
+        assert_eq!(choose(NodeId(1), &c, 0), Some(NodeId(2)));
     }
 
     #[test]
@@ -131,18 +132,19 @@ mod tests {
             node(3, 1, 0, 2, 0),
         ];
         for tie in 0..6 {
-            assert_eq!(choose(1, &c, tie), Some(1));
+            assert_eq!(choose(NodeId(1), &c, tie), Some(NodeId(1)));
         }
         // A driver (not a candidate) spreads its calls over the tied nodes.
-        let picks: std::collections::BTreeSet<u64> =
-            (0..6).filter_map(|tie| choose(9, &c, tie)).collect();
-        assert_eq!(picks, [1, 2, 3].into());
+        let picks: std::collections::BTreeSet<NodeId> = (0..6)
+            .filter_map(|tie| choose(NodeId(9), &c, tie))
+            .collect();
+        assert_eq!(picks, [1, 2, 3].map(NodeId).into());
     }
 
     #[test]
     fn equal_bytes_prefer_the_deciding_node() {
         let c = [node(1, 5, 0, 2, 1 << 20), node(2, 0, 0, 2, 1 << 20)];
-        assert_eq!(choose(1, &c, 0), Some(1));
-        assert_eq!(choose(2, &c, 0), Some(2));
+        assert_eq!(choose(NodeId(1), &c, 0), Some(NodeId(1)));
+        assert_eq!(choose(NodeId(2), &c, 0), Some(NodeId(2)));
     }
 }
