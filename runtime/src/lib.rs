@@ -30,7 +30,10 @@ pub use ferry_abi::{
 pub use ids::NodeId;
 pub use net::cluster::{ClusterOptions, NetError};
 pub use net::proto::{Load, Member, NodeInfo};
-pub use net::tls::{Credentials, NODE_NAME, Role as CertRole, TlsError, create_ca, issue_cert};
+pub use net::tls::{
+    Credentials, Identity, NODE_NAME, Role as CertRole, TlsError, create_ca, identity_of,
+    issue_cert,
+};
 /// The wire protocol's decoder, for fuzzing and tests.
 pub mod protocol {
     pub use crate::net::proto::{

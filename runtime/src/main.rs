@@ -398,7 +398,12 @@ fn cert(c: CertCommand) -> anyhow::Result<()> {
                 ferry::CertRole::Node
             };
             ferry::issue_cert(&ca, &out, &name, role)?;
-            println!("issued {name} into {}", out.display());
+            let number = ferry::Credentials::load(&out)?.identity().cert;
+            let kind = if client { "client" } else { "node" };
+            println!(
+                "issued {kind} certificate number {number} ({name}) into {}",
+                out.display()
+            );
         }
     }
     Ok(())

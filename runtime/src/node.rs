@@ -224,6 +224,11 @@ pub struct Node {
 impl Node {
     /// Starts a node.
     pub fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        Self::start_as(config, crate::ids::random_node_id())
+    }
+
+    /// Starts a node with the id `id`.
+    fn start_as(config: NodeConfig, id: NodeId) -> Result<Self, NodeError> {
         let store = ObjectStore::create(&config.store_dir, config.store_capacity)?;
         if config.prefault {
             store.prefault_in_background();
@@ -242,7 +247,6 @@ impl Node {
             .enable_all()
             .build()
             .map_err(NodeError::Runtime)?;
-        let id = crate::ids::random_node_id();
         let objects = Arc::new(ObjectTable::new(store, spill));
         objects.set_local(id);
         codec::register_owner(id, &objects);
@@ -269,8 +273,18 @@ impl Node {
     }
 
     /// Starts a node that joins (or, without `opts.head`, starts) a cluster.
+    ///
+    /// Its id carries its certificate's number, with a random incarnation: a node started
+    /// again with the same certificate is a new node to the cluster.
     pub fn start_in_cluster(config: NodeConfig, opts: ClusterOptions) -> Result<Self, NodeError> {
-        let node = Self::start(config)?;
+        let cert = opts.credentials.identity().cert;
+        let incarnation = loop {
+            let v = crate::ids::random_u64() as u32;
+            if v != 0 {
+                break v;
+            }
+        };
+        let node = Self::start_as(config, NodeId::new(cert, incarnation))?;
         let cluster = Cluster::start(&node.inner, opts).map_err(NodeError::Net)?;
         let _ = node.inner.cluster.set(cluster);
         Ok(node)

@@ -447,6 +447,70 @@ fn peers_without_a_valid_certificate_are_refused() {
     assert!(log.contains("invalid peer certificate"), "{log}");
     let client = c.driver();
     assert_eq!(c.workers(&client).len(), 3);
+
+    // A valid driver certificate can neither speak as a node nor join as a worker: the head
+    // refuses both Hellos, so no connection is ever registered under the victim's id (whose
+    // closing would have had the victim declared dead).
+    let victim = u64::from_str_radix(&c.nodes[1].id, 16).unwrap();
+    let driver_number = ferry::Credentials::load(&c.dir.path().join("driver"))
+        .unwrap()
+        .identity()
+        .cert;
+    let own_id = (u64::from(driver_number) << 32) | 7;
+    for (id, worker, why) in [
+        (
+            victim,
+            false,
+            "does not carry the number of its certificate",
+        ),
+        (own_id, true, "cannot join as a node that runs calls"),
+    ] {
+        match raw_hello(&c, id, worker) {
+            ferry::protocol::Response::Error(m) => assert!(m.contains(why), "{m}"),
+            other => panic!("a forged Hello was accepted: {other:?}"),
+        }
+    }
+    let rt = rt();
+    let module = client.load(&testguest_wasm()).unwrap();
+    let sums: Vec<ObjectRef<i64>> = (0..6)
+        .map(|i| module.call("add", (i, 1i64)).unwrap())
+        .collect();
+    assert_eq!(
+        rt.block_on(client.get_many(&sums)).unwrap(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+    let alive = c.workers(&client);
+    assert!(alive.iter().all(|m| m.alive), "{alive:?}");
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    assert!(log.contains("refused a Hello"), "{log}");
+    assert!(!log.contains("is dead"), "{log}");
+}
+
+/// Opens a connection to the head with the driver's (valid) certificate and says Hello as
+/// node `id`; returns the head's answer.
+fn raw_hello(c: &TestCluster, id: u64, worker: bool) -> ferry::protocol::Response {
+    let creds = ferry::Credentials::load(&c.dir.path().join("driver")).unwrap();
+    let head = c.head();
+    rt().block_on(async move {
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(creds.client_config(Duration::from_secs(5)).unwrap());
+        let conn = ep.connect(head, ferry::NODE_NAME).unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let hello = ferry::protocol::Request::Hello(ferry::NodeInfo {
+            id,
+            addr: None,
+            worker,
+            cores: 64,
+        });
+        send.write_all(&ferry::protocol::encode_frame(&hello))
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        let bytes = recv.read_to_end(1 << 20).await.unwrap();
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+        ferry::protocol::decode_frame(&bytes).unwrap()
+    })
 }
 
 #[test]

@@ -31,7 +31,7 @@ use crate::net::proto::{
     self, Load, MAX_FRAME, Member, NodeInfo, ProtoError, RefOp, Request, Response, WireLocation,
     WireObject, WireOutcome, WireTask, WireTaskError,
 };
-use crate::net::tls::{self, Credentials, NODE_NAME, TlsError};
+use crate::net::tls::{self, Credentials, Identity, NODE_NAME, Role, TlsError};
 use crate::node::NodeInner;
 use crate::objects::{
     BoxFuture, Completed, ForeignWait, ObjectState, ObjectWithRefs, RemoteObjects, WaitFlags,
@@ -136,6 +136,16 @@ pub enum NetError {
     /// The runtime could not start.
     #[error("could not start the network runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The certificate does not allow what was asked: a client certificate cannot run a
+    /// node (run calls or accept connections).
+    #[error(
+        "this is a client certificate (number {cert}); a node needs a node certificate \
+         (`ferry cert issue` without `--client`)"
+    )]
+    ClientCertificate {
+        /// The certificate's number.
+        cert: u32,
+    },
 }
 
 fn conn_err(peer: impl std::fmt::Display, e: impl std::fmt::Display) -> NetError {
@@ -208,6 +218,12 @@ impl Cluster {
     /// Joins (or, without `head`, starts) a cluster as `node`, and connects the node's object
     /// table to it.
     pub fn start(node: &Arc<NodeInner>, opts: ClusterOptions) -> Result<Arc<Self>, NetError> {
+        let identity = opts.credentials.identity();
+        if (opts.worker || opts.listen.is_some()) && identity.role != Role::Node {
+            return Err(NetError::ClientCertificate {
+                cert: identity.cert,
+            });
+        }
         if let Some(l) = opts.listen
             && l.ip().is_unspecified()
             && opts.advertise.is_none()
@@ -596,6 +612,26 @@ impl Cluster {
                 });
             }
         };
+        // The node we reached must be who its certificate says.
+        match peer_identity(&conn) {
+            Ok(identity) if identity.role == Role::Node && identity.may_use(NodeId(info.id)) => {}
+            Ok(identity) => {
+                conn.close(2u32.into(), b"identity mismatch");
+                return Err(conn_err(
+                    addr,
+                    format!(
+                        "it calls itself node {} but its certificate is {:?} number {}",
+                        NodeId(info.id),
+                        identity.role,
+                        identity.cert
+                    ),
+                ));
+            }
+            Err(e) => {
+                conn.close(2u32.into(), b"no identity");
+                return Err(conn_err(addr, e));
+            }
+        }
         self.register(info.id, &conn);
         self.arc().serve(conn.clone(), Some(info.id));
         Ok((conn, info))
@@ -777,7 +813,16 @@ impl Cluster {
         let Some(node) = self.node() else {
             return Ok(());
         };
+        if peer.get().is_none() && !matches!(req, Request::Hello(_) | Request::Members) {
+            let r = Response::Error("refused: a connection says Hello first".into());
+            return reply(&mut send, &r, None).await;
+        }
         let response = match req {
+            Request::Hello(info) if self.hello_refusal(conn, &info).is_some() => {
+                let why = self.hello_refusal(conn, &info).unwrap_or_default();
+                tracing::warn!("refused a Hello from {who}: {why}");
+                Response::Error(format!("refused: {why}"))
+            }
             Request::Hello(info) => {
                 let _ = peer.set(info.id);
                 self.register(info.id, conn);
@@ -845,6 +890,20 @@ impl Cluster {
             }
         };
         reply(&mut send, &response, None).await
+    }
+
+    /// Why a peer may not join as `info` says, if it may not: see [`check_hello`]; and an id
+    /// declared dead stays dead (a restarted node comes back with a new incarnation).
+    fn hello_refusal(&self, conn: &Connection, info: &NodeInfo) -> Option<String> {
+        if let Err(why) = check_hello(conn, info) {
+            return Some(why);
+        }
+        self.dead_reason(info.id).map(|reason| {
+            format!(
+                "node {} was declared dead ({reason}); start it again",
+                NodeId(info.id)
+            )
+        })
     }
 
     async fn locate(&self, node: &Arc<NodeInner>, id: ObjectId, wait_ms: u64) -> WireLocation {
@@ -1485,6 +1544,40 @@ async fn send_ref_batch(c: &Arc<Cluster>, groups: HashMap<u64, Vec<RefOp>>) {
     for s in sent {
         let _ = s.await;
     }
+}
+
+/// The identity the peer's certificate (verified against the cluster CA during the
+/// handshake) carries.
+fn peer_identity(conn: &Connection) -> Result<Identity, String> {
+    let any = conn
+        .peer_identity()
+        .ok_or("the peer presented no certificate")?;
+    let certs = any
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .map_err(|_| "the peer's certificate is of an unknown kind")?;
+    let first = certs.first().ok_or("the peer presented no certificate")?;
+    tls::identity_of(first)
+}
+
+/// Whether a peer may join as `info` says: the id must carry its certificate's number, and
+/// only a node certificate runs calls. (So no certificate holder can take another node's id,
+/// replace its entry, or have it declared dead by closing a connection registered under it.)
+fn check_hello(conn: &Connection, info: &NodeInfo) -> Result<(), String> {
+    let identity = peer_identity(conn)?;
+    if !identity.may_use(NodeId(info.id)) {
+        return Err(format!(
+            "node id {} does not carry the number of its certificate ({})",
+            NodeId(info.id),
+            identity.cert
+        ));
+    }
+    if info.worker && identity.role != Role::Node {
+        return Err(format!(
+            "client certificate {} cannot join as a node that runs calls",
+            identity.cert
+        ));
+    }
+    Ok(())
 }
 
 fn object_header(sealed: &Sealed, contained: Vec<ObjectId>) -> WireObject {

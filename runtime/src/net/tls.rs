@@ -45,13 +45,51 @@ pub enum TlsError {
     Setup(String),
 }
 
-/// What a certificate is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// A host node: accepts connections and opens them.
-    Node,
-    /// A driver or tool (`ferry status`): opens connections only.
-    Client,
+/// What a certificate is for: a host node (accepts connections, runs calls) or a client (a
+/// driver or a tool such as `ferry status`: opens connections only, never runs calls).
+pub use ferry_core::Role;
+
+/// What a certificate says its holder is: its number in the cluster and its role.
+pub use ferry_core::Identity;
+
+/// The scheme of the URI naming a holder's identity in its certificate's subject alternative
+/// names: `ferry:node:N` or `ferry:client:N`.
+const IDENTITY_SCHEME: &str = "ferry:";
+
+/// The identity a certificate carries, from its subject alternative names. The caller has
+/// verified the certificate against the cluster CA (rustls does, during the handshake).
+pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, String> {
+    let params = rcgen::CertificateParams::from_ca_cert_der(cert)
+        .map_err(|e| format!("the certificate cannot be read: {e}"))?;
+    for san in &params.subject_alt_names {
+        let rcgen::SanType::URI(uri) = san else {
+            continue;
+        };
+        let Some(rest) = uri.as_str().strip_prefix(IDENTITY_SCHEME) else {
+            continue;
+        };
+        let (role, number) = match rest.split_once(':') {
+            Some(("node", n)) => (Role::Node, n),
+            Some(("client", n)) => (Role::Client, n),
+            _ => {
+                return Err(format!(
+                    "the certificate's identity `{}` is malformed",
+                    uri.as_str()
+                ));
+            }
+        };
+        let cert = number
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n != 0)
+            .ok_or_else(|| format!("the certificate's number `{number}` is malformed"))?;
+        return Ok(Identity { cert, role });
+    }
+    Err(
+        "the certificate names no ferry identity (it was issued by an older `ferry cert`: \
+         issue it again)"
+            .into(),
+    )
 }
 
 /// A node's or client's credentials: the cluster CA and its own certificate and key.
@@ -60,6 +98,7 @@ pub struct Credentials {
     ca: CertificateDer<'static>,
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
+    identity: Identity,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -111,6 +150,7 @@ impl Credentials {
         if chain.is_empty() {
             return Err(invalid(&cert_path, "no certificate in the file"));
         }
+        let identity = identity_of(&chain[0]).map_err(|e| invalid(&cert_path, e))?;
         let key_path = dir.join("key.pem");
         let key = PrivateKeyDer::from_pem_slice(&read(&key_path)?)
             .map_err(|e| invalid(&key_path, format!("not a PEM private key: {e}")))?;
@@ -118,7 +158,13 @@ impl Credentials {
             ca,
             chain,
             key: Arc::new(key),
+            identity,
         })
+    }
+
+    /// Who these credentials make their holder: its certificate's number and role.
+    pub fn identity(&self) -> Identity {
+        self.identity
     }
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -289,8 +335,52 @@ pub fn create_ca(dir: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
+/// The next certificate number of the CA in `ca_dir` (from its `next-number` file, under an
+/// exclusive lock, so that concurrent issues get distinct numbers).
+fn next_number(ca_dir: &Path) -> Result<u32, TlsError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = ca_dir.join("next-number");
+    let io = |source| TlsError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    f.lock().map_err(io)?;
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(io)?;
+    let number = match text.trim() {
+        "" => 1,
+        t => t
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n != 0)
+            .ok_or_else(|| invalid(&path, format!("`{t}` is not a certificate number")))?,
+    };
+    let next = number
+        .checked_add(1)
+        .ok_or_else(|| invalid(&path, "the CA has issued all its certificate numbers"))?;
+    f.set_len(0).map_err(io)?;
+    f.rewind().map_err(io)?;
+    writeln!(f, "{next}").map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(number)
+}
+
 /// Issues a certificate named `name` for `role`, signed by the CA in `ca_dir`, into `out`
 /// (`ca.pem`, `cert.pem`, `key.pem`: a credentials directory for [`Credentials::load`]).
+///
+/// The certificate carries the CA's next certificate number and the role, as the URI
+/// `ferry:node:N` or `ferry:client:N` among its subject alternative names: a node's id
+/// carries that number ([`ferry_core::NodeId`]), so peers check every id a connection uses
+/// against its certificate.
 pub fn issue_cert(ca_dir: &Path, out: &Path, name: &str, role: Role) -> Result<(), TlsError> {
     let ca_key_path = ca_dir.join("ca-key.pem");
     let ca_pem_path = ca_dir.join("ca.pem");
@@ -310,6 +400,14 @@ pub fn issue_cert(ca_dir: &Path, out: &Path, name: &str, role: Role) -> Result<(
         Role::Client => Vec::new(),
     };
     let mut p = rcgen::CertificateParams::new(sans).map_err(|e| TlsError::Setup(e.to_string()))?;
+    let number = next_number(ca_dir)?;
+    let kind = match role {
+        Role::Node => "node",
+        Role::Client => "client",
+    };
+    let uri = rcgen::Ia5String::try_from(format!("{IDENTITY_SCHEME}{kind}:{number}"))
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    p.subject_alt_names.push(rcgen::SanType::URI(uri));
     p.distinguished_name.push(rcgen::DnType::CommonName, name);
     p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = match role {
@@ -333,4 +431,52 @@ pub fn issue_cert(ca_dir: &Path, out: &Path, name: &str, role: Role) -> Result<(
     write_private(&out.join("cert.pem"), &cert.pem())?;
     write_private(&out.join("ca.pem"), &ca_pem)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_carry_a_number_of_their_own_and_their_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        create_ca(&ca).unwrap();
+        let issued: Vec<Identity> = [("a", Role::Node), ("b", Role::Client), ("c", Role::Node)]
+            .into_iter()
+            .map(|(name, role)| {
+                let out = dir.path().join(name);
+                issue_cert(&ca, &out, name, role).unwrap();
+                Credentials::load(&out).unwrap().identity()
+            })
+            .collect();
+        assert_eq!(
+            issued,
+            vec![
+                Identity {
+                    cert: 1,
+                    role: Role::Node
+                },
+                Identity {
+                    cert: 2,
+                    role: Role::Client
+                },
+                Identity {
+                    cert: 3,
+                    role: Role::Node
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_certificate_without_an_identity_is_refused() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![NODE_NAME.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let e = identity_of(cert.der()).unwrap_err();
+        assert!(e.contains("names no ferry identity"), "{e}");
+    }
 }
