@@ -206,6 +206,17 @@ pub struct Cluster {
     stopping: AtomicBool,
     /// Reference-count changes for other nodes, sent in order by `outbox_loop`.
     outbox: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    /// This node's certificate identity.
+    identity: Identity,
+    /// The distributed core (membership and liveness so far; see `driver.rs`). `None` until
+    /// a joining node knows its head.
+    core: Mutex<Option<ferry_core::NodeCore>>,
+    /// Woken when the core may want its timers called earlier.
+    pub(super) core_changed: tokio::sync::Notify,
+    /// Woken when the head's table may list this node.
+    pub(super) joined: tokio::sync::Notify,
+    /// Whether "cannot reach the head" was logged since the head last answered.
+    pub(super) head_warned: AtomicBool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -305,6 +316,11 @@ impl Cluster {
             reports: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             outbox,
+            identity,
+            core: Mutex::new(None),
+            core_changed: tokio::sync::Notify::new(),
+            joined: tokio::sync::Notify::new(),
+            head_warned: AtomicBool::new(false),
         });
         {
             let c = cluster.clone();
@@ -315,24 +331,18 @@ impl Cluster {
             let c = cluster.clone();
             net.spawn(async move { c.accept_loop().await });
         }
+        let (heartbeat, dead_after) = (opts.heartbeat, opts.idle_timeout);
         match opts.head {
             None => {
-                cluster.lock_members().insert(
-                    me.id,
-                    Member {
-                        info: me.clone(),
-                        load: Load::default(),
-                        alive: true,
-                        reason: None,
-                    },
-                );
+                let _guard = net.enter();
+                cluster.start_core(None, heartbeat, dead_after);
             }
             Some(head) => {
                 let c = cluster.clone();
                 // Not `Handle::block_on`: that panics when called from inside a runtime.
                 let (tx, rx) = std::sync::mpsc::channel();
                 net.spawn(async move {
-                    let _ = tx.send(c.join(head).await);
+                    let _ = tx.send(c.join(head, heartbeat, dead_after).await);
                 });
                 let joined = rx.recv().unwrap_or_else(|_| {
                     Err(NetError::Connection {
@@ -344,9 +354,6 @@ impl Cluster {
                     cluster.shutdown();
                     return Err(e);
                 }
-                let c = cluster.clone();
-                let every = opts.heartbeat;
-                net.spawn(async move { c.heartbeat_loop(every).await });
             }
         }
         tracing::info!(node = %node.id, addr = ?me.addr, "joined the cluster");
@@ -383,6 +390,34 @@ impl Cluster {
         }
     }
 
+    /// This node as it presents itself.
+    pub(super) fn info(&self) -> NodeInfo {
+        self.me.clone()
+    }
+
+    /// This node's certificate identity.
+    pub(super) fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// The head's id (this node's own on the head).
+    pub(super) fn head_id(&self) -> u64 {
+        self.head_id.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn lock_core(&self) -> std::sync::MutexGuard<'_, Option<ferry_core::NodeCore>> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The network's runtime.
+    pub(super) fn runtime_handle(&self) -> &Handle {
+        &self.net
+    }
+
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
     fn arc(&self) -> Arc<Self> {
         self.this.upgrade().expect("a live cluster has a live Arc")
     }
@@ -391,7 +426,7 @@ impl Cluster {
         self.node.upgrade()
     }
 
-    fn lock_members(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Member>> {
+    pub(super) fn lock_members(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Member>> {
         self.members.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -519,11 +554,12 @@ impl Cluster {
             }
             peers.remove(&id);
         }
-        self.node_lost(id, &format!("connection lost: {reason}"));
+        // Not a death: the head decides deaths from how long it has not heard from a node.
+        tracing::debug!("connection to node {} closed: {reason}", NodeId(id));
     }
 
     /// Marks `id` dead: calls running there fail, objects only it held are lost.
-    fn node_lost(&self, id: u64, reason: &str) {
+    pub(super) fn node_lost(&self, id: u64, reason: &str) {
         if id == self.me.id || self.stopping.load(Ordering::SeqCst) {
             return;
         }
@@ -650,7 +686,11 @@ impl Cluster {
         });
     }
 
-    async fn request(&self, id: u64, req: &Request) -> Result<(Response, RecvStream), NetError> {
+    pub(super) async fn request(
+        &self,
+        id: u64,
+        req: &Request,
+    ) -> Result<(Response, RecvStream), NetError> {
         let conn = self.peer(id).await?;
         request_on(&conn, req).await.map_err(|e| match e {
             NetError::Connection { detail, .. } => match self.dead_reason(id) {
@@ -712,7 +752,12 @@ impl Cluster {
 
     // ---- membership ----
 
-    async fn join(&self, head: SocketAddr) -> Result<(), NetError> {
+    async fn join(
+        self: &Arc<Self>,
+        head: SocketAddr,
+        heartbeat: Duration,
+        dead_after: Duration,
+    ) -> Result<(), NetError> {
         let (_conn, info) = self.connect(head).await?;
         self.head_id.store(info.id, Ordering::Relaxed);
         self.lock_members().insert(
@@ -724,42 +769,21 @@ impl Cluster {
                 reason: None,
             },
         );
-        self.heartbeat().await
-    }
-
-    async fn heartbeat(&self) -> Result<(), NetError> {
-        let head = self.head_id.load(Ordering::Relaxed);
-        match self.request(head, &Request::Heartbeat(self.load())).await? {
-            (Response::Members(list), _) => {
-                let dead: Vec<(u64, String)> = list
-                    .iter()
-                    .filter(|m| !m.alive)
-                    .map(|m| (m.info.id, m.reason.clone().unwrap_or_default()))
-                    .collect();
-                {
-                    let mut members = self.lock_members();
-                    for m in list {
-                        members.insert(m.info.id, m);
-                    }
-                }
-                for (id, reason) in dead {
-                    self.node_lost(id, &format!("the head reports it dead: {reason}"));
-                }
-                // A driver accepts no connections: it connects to every node, so that any
-                // node can pull the objects it owns.
-                if self.me.addr.is_none() {
-                    self.connect_to_all();
-                }
-                Ok(())
-            }
-            (other, _) => Err(NetError::Protocol {
-                peer: "head".into(),
-                source: ProtoError::Unexpected(format!("{other:?} in answer to Heartbeat")),
-            }),
+        self.start_core(Some(NodeId(info.id)), heartbeat, dead_after);
+        let limit = (dead_after * 2).max(Duration::from_secs(10));
+        if !self.until_joined(limit).await {
+            return Err(conn_err(
+                head,
+                format!(
+                    "the head did not list this node within {} s",
+                    limit.as_secs()
+                ),
+            ));
         }
+        Ok(())
     }
 
-    fn connect_to_all(&self) {
+    pub(super) fn connect_to_all(&self) {
         let missing: Vec<u64> = {
             let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
             self.lock_members()
@@ -776,21 +800,6 @@ impl Cluster {
                     tracing::debug!("cannot connect to node {}: {e}", NodeId(id));
                 }
             });
-        }
-    }
-
-    async fn heartbeat_loop(self: Arc<Self>, every: Duration) {
-        let mut warned = false;
-        loop {
-            tokio::time::sleep(every).await;
-            match self.heartbeat().await {
-                Ok(()) => warned = false,
-                Err(e) if !warned => {
-                    tracing::warn!("cannot report to the head: {e}");
-                    warned = true;
-                }
-                Err(_) => {}
-            }
         }
     }
 
@@ -840,18 +849,11 @@ impl Cluster {
                 }
                 Response::Welcome(self.me.clone())
             }
-            Request::Heartbeat(_) if !self.is_head() => Response::Error(format!(
-                "this node is not the head; join the head at {}",
-                self.head.map_or_else(|| "?".into(), |h| h.to_string())
-            )),
-            Request::Heartbeat(load) => {
-                if let Some(&id) = peer.get()
-                    && let Some(m) = self.lock_members().get_mut(&id)
-                {
-                    m.load = load;
-                }
-                Response::Members(self.head_members())
-            }
+            Request::Packet(packet) => match (peer.get(), peer_identity(conn)) {
+                (Some(&from), Ok(identity)) => self.arc().on_packet(from, identity, packet),
+                (_, Err(e)) => Response::Error(format!("refused: {e}")),
+                (None, _) => Response::Error("refused: a connection says Hello first".into()),
+            },
             Request::Members => Response::Members(self.members().await),
             Request::Run(task) => {
                 let from = peer.get().copied().unwrap_or(0);

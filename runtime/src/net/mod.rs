@@ -1,6 +1,8 @@
 //! The network layer: certificates and mutual TLS ([`tls`]), the wire protocol ([`proto`]),
-//! and the cluster a node joins ([`cluster`]); the placement rule is `ferry_core::placement`.
+//! the cluster a node joins ([`cluster`]), and the driver of the node's distributed core
+//! (`driver`); the placement rule is `ferry_core::placement`.
 
 pub mod cluster;
+mod driver;
 pub mod proto;
 pub mod tls;

@@ -64,30 +64,7 @@ pub struct NodeInfo {
 }
 
 /// A node's load, sent to the head with every heartbeat.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Load {
-    /// Bytes of the store in use.
-    pub store_used: u64,
-    /// The store's capacity.
-    pub store_capacity: u64,
-    /// Calls running.
-    pub running: u64,
-    /// Calls waiting (for arguments or an instance).
-    pub queued: u64,
-    /// Calls finished since start.
-    pub calls_finished: u64,
-    /// Modules compiled (not found in the disk cache).
-    pub modules_compiled: u64,
-    /// Modules fetched from other nodes.
-    pub modules_fetched: u64,
-    /// Object bytes pulled from other nodes.
-    pub bytes_pulled: u64,
-    /// Objects in the node's table (its own, copies kept for owners, borrowed refs).
-    pub objects: u64,
-    /// How many loads the node has reported (this one included): a reader that sees it grow
-    /// knows the figures were taken after it last looked.
-    pub reports: u64,
-}
+pub use ferry_core::Load;
 
 /// One row of the head's node table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,8 +156,9 @@ pub enum RefOp {
 pub enum Request {
     /// The first request on every connection: who is calling. Answered with `Welcome`.
     Hello(NodeInfo),
-    /// A node's periodic report to the head. Answered with `Members`.
-    Heartbeat(Load),
+    /// A message of the distributed core (`ferry_core::Message` with its link numbers):
+    /// joining, heartbeats and the head's node table. Answered with `Ack`.
+    Packet(ferry_core::Packet),
     /// The node table. Answered with `Members`.
     Members,
     /// Run a call. Answered with `Done` when it finishes.
