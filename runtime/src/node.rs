@@ -94,14 +94,7 @@ impl NodeInner {
         args: Vec<CallArg>,
     ) -> Result<ObjectId, CallError> {
         let held = TaskSpec::refs_of(&args);
-        let target = self
-            .check_call(module, function, args.len())
-            .and_then(|()| match self.cluster.get() {
-                None => Ok(None),
-                Some(c) => c
-                    .place(self, &args)
-                    .map_err(|reason| CallError::NoNode { reason }),
-            })
+        self.check_call(module, function, args.len())
             .inspect_err(|_| {
                 self.objects.release_all(&held);
             })?;
@@ -114,16 +107,25 @@ impl NodeInner {
         // One count for the caller's handle, one for the task until it finishes.
         self.objects.insert_pending(spec.result, 2);
         let id = spec.result;
-        match (target, self.cluster.get()) {
-            (Some(target), Some(cluster)) => cluster.spawn_remote(self.clone(), target, spec),
-            _ => {
-                self.tasks_submitted.fetch_add(1, Ordering::Relaxed);
-                let node = self.clone();
-                self.handle.spawn(async move {
-                    run_task(node.clone(), spec).await;
-                    node.tasks_finished.fetch_add(1, Ordering::Relaxed);
-                });
-            }
+        let here = match self.cluster.get() {
+            None => Some(spec),
+            Some(cluster) => match cluster.submit(self, spec) {
+                Ok(here) => here,
+                Err(reason) => {
+                    // Neither the handle nor the task will hold the result.
+                    self.objects.release_all(&[id, id]);
+                    self.objects.release_all(&held);
+                    return Err(CallError::NoNode { reason });
+                }
+            },
+        };
+        if let Some(spec) = here {
+            self.tasks_submitted.fetch_add(1, Ordering::Relaxed);
+            let node = self.clone();
+            self.handle.spawn(async move {
+                run_task(node.clone(), spec).await;
+                node.tasks_finished.fetch_add(1, Ordering::Relaxed);
+            });
         }
         Ok(id)
     }

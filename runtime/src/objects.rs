@@ -41,8 +41,6 @@ pub enum ObjectState {
     Remote {
         /// The node holding it.
         holder: NodeId,
-        /// Its length in bytes.
-        len: u64,
     },
     /// Owned by another node and not stored here: this node only holds references to it,
     /// counted here and registered once at the owner (a borrow). Reading it pulls a copy.
@@ -104,8 +102,6 @@ pub enum Completed {
     Remote {
         /// That node.
         holder: NodeId,
-        /// The result's length.
-        len: u64,
     },
 }
 
@@ -245,13 +241,12 @@ impl ObjectTable {
         drop(freed);
     }
 
-    /// A node died: objects only it held are lost, copies it kept for us are gone, and the
-    /// copies we kept for it (objects it owned) are released.
+    /// A node died: objects only it held are lost, and copies it kept for us are gone. (The
+    /// copies we kept for it are given back by the distributed core's `Unhold`.)
     pub fn lose_node(&self, node: NodeId, detail: &str) {
-        let mut freed = Vec::new();
+        let freed = Vec::new();
         let notify: Vec<Arc<Notify>> = {
             let mut t = self.lock();
-            let mut owned_by_dead = Vec::new();
             for (id, e) in t.iter_mut() {
                 if e.held_by == Some(node) {
                     e.held_by = None;
@@ -264,21 +259,14 @@ impl ObjectTable {
                         detail: detail.to_owned(),
                     };
                 }
-                if id.owner() == node.0 {
-                    if matches!(e.state, ObjectState::Borrowed) {
-                        // Our holders keep the entry; the object is gone with its owner.
-                        e.state = ObjectState::Lost {
-                            node,
-                            detail: detail.to_owned(),
-                        };
-                    } else if e.hosted {
-                        // A copy we kept for the dead owner: its hold goes.
-                        e.hosted = false;
-                        owned_by_dead.push(*id);
-                    }
+                if id.owner() == node.0 && matches!(e.state, ObjectState::Borrowed) {
+                    // Our holders keep the entry; the object is gone with its owner.
+                    e.state = ObjectState::Lost {
+                        node,
+                        detail: detail.to_owned(),
+                    };
                 }
             }
-            release_locked(&mut t, &owned_by_dead, &mut freed);
             t.values_mut().filter_map(|e| e.notify.clone()).collect()
         };
         self.dispose(freed);
@@ -570,9 +558,9 @@ impl ObjectTable {
                 Some(e) => {
                     e.state = match outcome {
                         Ok((Completed::Local(bytes), _)) => ObjectState::Ready(bytes),
-                        Ok((Completed::Remote { holder, len }, _)) => {
+                        Ok((Completed::Remote { holder }, _)) => {
                             e.held_by = Some(holder);
-                            ObjectState::Remote { holder, len }
+                            ObjectState::Remote { holder }
                         }
                         Err(err) => ObjectState::Failed(err),
                     };

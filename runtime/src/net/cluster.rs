@@ -19,30 +19,25 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_abi::abi::CallArg;
 use ferry_abi::{ModuleId, ObjectId};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::OnceCell;
 
-use crate::error::{GetError, TaskError, TaskErrorKind};
+use crate::error::{GetError, TaskError};
 use crate::ids::NodeId;
 use crate::net::proto::{
-    self, Load, MAX_FRAME, Member, NodeInfo, ProtoError, RefOp, Request, Response, WireLocation,
-    WireObject, WireOutcome, WireTask, WireTaskError,
+    self, Load, MAX_FRAME, Member, NodeInfo, ProtoError, Request, Response, WireLocation,
+    WireObject,
 };
 use crate::net::tls::{self, Credentials, Identity, NODE_NAME, Role, TlsError};
 use crate::node::NodeInner;
 use crate::objects::{
-    BoxFuture, Completed, ForeignWait, ObjectState, ObjectWithRefs, RemoteObjects, WaitFlags,
+    BoxFuture, ForeignWait, ObjectState, ObjectWithRefs, RemoteObjects, WaitFlags,
 };
 use crate::store::Sealed;
-use crate::wasm::{Completion, TaskSpec};
-use ferry_core::placement::{self, Candidate, LOCALITY_MIN};
-
-/// Results at most this large go back to the owner with the reply instead of staying on the
-/// node that made them (Ray inlines small results the same way).
-pub const INLINE_MAX: u64 = 64 << 10;
+use crate::wasm::TaskSpec;
+use ferry_core::LocalEvent;
 
 /// Largest module accepted from a peer.
 pub const MAX_MODULE: u64 = 256 << 20;
@@ -195,8 +190,6 @@ pub struct Cluster {
     members: Mutex<BTreeMap<u64, Member>>,
     peers: Mutex<HashMap<u64, Connection>>,
     dead: Mutex<HashMap<u64, String>>,
-    /// Calls this node sent to each node that have not finished.
-    inflight: Mutex<HashMap<u64, u64>>,
     pulls: Mutex<HashMap<ObjectId, Arc<OnceCell<Pulled>>>>,
     module_loads: Mutex<HashMap<ModuleId, ModuleLoad>>,
     modules_fetched: AtomicU64,
@@ -204,8 +197,14 @@ pub struct Cluster {
     /// Loads reported so far (`Load::reports`).
     reports: AtomicU64,
     stopping: AtomicBool,
-    /// Reference-count changes for other nodes, sent in order by `outbox_loop`.
-    outbox: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    /// Local events for the core (first and last references to other nodes' objects, frees,
+    /// calls run for peers finishing), fed to it in order by `core_events`.
+    pub(super) events: tokio::sync::mpsc::UnboundedSender<LocalEvent>,
+    /// Calls placed on other nodes: their specs (for the argument counts they hold) and where
+    /// they run, until the core completes them.
+    pub(super) remote_calls: Mutex<HashMap<ObjectId, (TaskSpec, NodeId)>>,
+    /// Inline results that arrived with their `Done`, until the core completes them.
+    pub(super) attachments: Mutex<HashMap<ObjectId, Arc<Sealed>>>,
     /// This node's certificate identity.
     identity: Identity,
     /// The distributed core (membership and liveness so far; see `driver.rs`). `None` until
@@ -294,7 +293,7 @@ impl Cluster {
             worker: opts.worker,
             cores: node.config.workers as u32,
         };
-        let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new_cyclic(|this| Self {
             me: me.clone(),
             node: Arc::downgrade(node),
@@ -308,14 +307,15 @@ impl Cluster {
             members: Mutex::new(BTreeMap::new()),
             peers: Mutex::new(HashMap::new()),
             dead: Mutex::new(HashMap::new()),
-            inflight: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
             module_loads: Mutex::new(HashMap::new()),
             modules_fetched: AtomicU64::new(0),
             bytes_pulled: AtomicU64::new(0),
             reports: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
-            outbox,
+            events,
+            remote_calls: Mutex::new(HashMap::new()),
+            attachments: Mutex::new(HashMap::new()),
             identity,
             core: Mutex::new(None),
             core_changed: tokio::sync::Notify::new(),
@@ -324,7 +324,7 @@ impl Cluster {
         });
         {
             let c = cluster.clone();
-            net.spawn(async move { c.outbox_loop(outbox_rx).await });
+            net.spawn(async move { c.core_events(events_rx).await });
         }
         node.objects.set_remote(cluster.clone());
         if opts.listen.is_some() {
@@ -422,7 +422,7 @@ impl Cluster {
         self.this.upgrade().expect("a live cluster has a live Arc")
     }
 
-    fn node(&self) -> Option<Arc<NodeInner>> {
+    pub(super) fn node(&self) -> Option<Arc<NodeInner>> {
         self.node.upgrade()
     }
 
@@ -704,49 +704,28 @@ impl Cluster {
         })
     }
 
-    // ---- reference counts across nodes ----
-
-    /// Sends reference-count changes in batches. In each batch every borrow is delivered (and
-    /// answered) before any release or free is sent, and batches go in order, so a release can
-    /// never overtake a borrow made before it, whichever nodes they go to: a node that borrows
-    /// an object inside another object always registers before the outer object can be freed.
-    async fn outbox_loop(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Outgoing>) {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < 65_536 {
-                match rx.try_recv() {
-                    Ok(x) => batch.push(x),
-                    Err(_) => break,
-                }
-            }
-            let mut borrows: HashMap<u64, Vec<RefOp>> = HashMap::new();
-            let mut releases: HashMap<u64, Vec<RefOp>> = HashMap::new();
-            let mut flushes = Vec::new();
-            for item in batch {
-                match item {
-                    Outgoing::Op(to, op @ RefOp::Borrow(_)) => {
-                        borrows.entry(to).or_default().push(op)
-                    }
-                    Outgoing::Op(to, op) => releases.entry(to).or_default().push(op),
-                    Outgoing::Flush(tx) => flushes.push(tx),
-                }
-            }
-            if self.stopping.load(Ordering::SeqCst) {
-                return;
-            }
-            send_ref_batch(&self, borrows).await;
-            send_ref_batch(&self, releases).await;
-            for f in flushes {
-                let _ = f.send(());
-            }
+    /// Sends `req` to node `id` with `raw` bytes after it, and waits for the answer.
+    pub(super) async fn request_with(
+        &self,
+        id: u64,
+        req: &Request,
+        raw: Option<Bytes>,
+    ) -> Result<(), NetError> {
+        let conn = self.peer(id).await?;
+        let peer = conn.remote_address();
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| conn_err(peer, e))?;
+        write_frame(&mut send, req).await?;
+        if let Some(raw) = raw {
+            send.write_chunk(raw).await.map_err(|e| conn_err(peer, e))?;
         }
-    }
-
-    /// Waits until every reference-count change queued so far has been delivered.
-    async fn flush_refs(&self) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.outbox.send(Outgoing::Flush(tx)).is_ok() {
-            let _ = rx.await;
+        let _ = send.finish();
+        match read_frame::<Response>(&mut recv).await {
+            Ok(Response::Error(message)) => Err(NetError::Refused {
+                peer: peer.to_string(),
+                message,
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => Err(conn_err(peer, e)),
         }
     }
 
@@ -849,17 +828,42 @@ impl Cluster {
                 }
                 Response::Welcome(self.me.clone())
             }
+            Request::PacketWithObject(packet, header) => {
+                let (Some(&from), Ok(identity)) = (peer.get(), peer_identity(conn)) else {
+                    let r = Response::Error("refused: a connection says Hello first".into());
+                    return reply(&mut send, &r, None).await;
+                };
+                // Only an inline result of a call this node placed on the sender carries an
+                // object: nothing else may make this node allocate.
+                let id = match &packet.msg {
+                    Some(ferry_core::Message::Done {
+                        result,
+                        outcome: ferry_core::Outcome::Inline { .. },
+                    }) if self.expects_inline(*result, from) => *result,
+                    _ => {
+                        let r = Response::Error(
+                            "refused: only the inline result of a call placed on the sender \
+                             carries an object"
+                                .into(),
+                        );
+                        return reply(&mut send, &r, None).await;
+                    }
+                };
+                match self.receive_object(&node, &header, &mut recv).await {
+                    Ok(sealed) => self.attach(id, sealed),
+                    Err(e) => {
+                        let r = Response::Error(format!("the object did not arrive: {e}"));
+                        return reply(&mut send, &r, None).await;
+                    }
+                }
+                self.arc().on_packet(from, identity, packet)
+            }
             Request::Packet(packet) => match (peer.get(), peer_identity(conn)) {
                 (Some(&from), Ok(identity)) => self.arc().on_packet(from, identity, packet),
                 (_, Err(e)) => Response::Error(format!("refused: {e}")),
                 (None, _) => Response::Error("refused: a connection says Hello first".into()),
             },
             Request::Members => Response::Members(self.members().await),
-            Request::Run(task) => {
-                let from = peer.get().copied().unwrap_or(0);
-                let outcome = self.run_for_peer(&node, from, task).await;
-                return self.reply_outcome(&node, send, outcome).await;
-            }
             Request::Module(id) => match node.modules.get(&id) {
                 Some(m) => {
                     let len = m.wasm.len() as u64;
@@ -873,22 +877,6 @@ impl Cluster {
             }
             Request::Fetch(id) => {
                 return self.serve_fetch(&node, id, send).await;
-            }
-            Request::Refs(ops) if ops.len() > proto::MAX_IDS => Response::Error(format!(
-                "at most {} ref changes per request",
-                proto::MAX_IDS
-            )),
-            Request::Refs(ops) => {
-                for op in ops {
-                    match op {
-                        RefOp::Borrow(id) => {
-                            node.objects.retain(id);
-                        }
-                        RefOp::Release(id) => node.objects.release(id),
-                        RefOp::FreeCopy(id) => node.objects.release_hosted(id),
-                    }
-                }
-                Response::Ack
             }
         };
         reply(&mut send, &response, None).await
@@ -920,7 +908,7 @@ impl Cluster {
                 WireLocation::At(vec![self.me.id])
             }
             Some(ObjectState::Remote { holder, .. }) => WireLocation::At(vec![holder.0]),
-            Some(ObjectState::Failed(e)) => WireLocation::Failed(WireTaskError::from(&*e)),
+            Some(ObjectState::Failed(e)) => WireLocation::Failed(proto::WireTaskError::from(&*e)),
             Some(ObjectState::Lost { node, .. }) => WireLocation::Lost { node: node.0 },
             // An owner never borrows its own objects.
             Some(ObjectState::Borrowed) => WireLocation::Unknown,
@@ -949,112 +937,9 @@ impl Cluster {
         reply(&mut send, &header, Some(store_bytes(sealed))).await
     }
 
-    /// Runs a call another node placed here, and keeps its result for that node.
-    async fn run_for_peer(
-        &self,
-        node: &Arc<NodeInner>,
-        from: u64,
-        task: WireTask,
-    ) -> Result<ObjectId, TaskError> {
-        let fail = |kind| TaskError {
-            function: task.function.clone(),
-            node: node.id,
-            kind,
-        };
-        if let Err(detail) = self.ensure_module(node, from, task.module).await {
-            return Err(fail(TaskErrorKind::Host { detail }));
-        }
-        let spec = TaskSpec {
-            module: task.module,
-            function: task.function.clone(),
-            args: task.args,
-            result: task.result,
-        };
-        // The arguments are counted by their owners; objects this node owns are counted
-        // here too, balancing the release when the call finishes.
-        for id in spec.held_refs() {
-            node.objects.retain(id);
-        }
-        // One count for the owner (until it frees the result), one for the task.
-        node.objects.insert_pending(spec.result, 2);
-        node.objects.mark_hosted(spec.result);
-        let result = spec.result;
-        let n = node.clone();
-        node.tasks_submitted.fetch_add(1, Ordering::Relaxed);
-        node.handle.spawn(async move {
-            crate::wasm::run_task(n.clone(), spec).await;
-            n.tasks_finished.fetch_add(1, Ordering::Relaxed);
-        });
-        node.objects
-            .wait_many(&[result], 1, None, WaitFlags::All)
-            .await;
-        Ok(result)
-    }
-
-    async fn reply_outcome(
-        &self,
-        node: &Arc<NodeInner>,
-        mut send: SendStream,
-        outcome: Result<ObjectId, TaskError>,
-    ) -> Result<(), NetError> {
-        // What the call borrowed (refs its result holds, refs its guest kept) is registered
-        // at the owners before the caller learns it is done and releases the arguments.
-        self.flush_refs().await;
-        let result = match outcome {
-            Ok(id) => id,
-            Err(e) => {
-                let r = Response::Done(WireOutcome::Failed(WireTaskError::from(&e)));
-                return reply(&mut send, &r, None).await;
-            }
-        };
-        let state = node.objects.state(result);
-        let contained = node.objects.contained(result);
-        let (response, inline) = match state {
-            Some(ObjectState::Failed(e)) => {
-                node.objects.release_hosted(result);
-                (Response::Done(WireOutcome::Failed((&*e).into())), None)
-            }
-            // A result holding refs stays here even when small: its copy keeps the objects it
-            // refers to alive (they may live only here) until the owner frees it.
-            Some(ObjectState::Ready(sealed))
-                if sealed.len() as u64 <= INLINE_MAX && contained.is_empty() =>
-            {
-                let header = object_header(&sealed, contained);
-                // The owner keeps it: our copy goes once it is sent.
-                node.objects.release_hosted(result);
-                (Response::Done(WireOutcome::Inline(header)), Some(sealed))
-            }
-            Some(ObjectState::Ready(sealed)) => (
-                Response::Done(WireOutcome::Held {
-                    len: sealed.len() as u64,
-                    contained,
-                }),
-                None,
-            ),
-            Some(ObjectState::Spilled(spilled)) => (
-                Response::Done(WireOutcome::Held {
-                    len: spilled.layout().total_len(),
-                    contained,
-                }),
-                None,
-            ),
-            other => {
-                let e = TaskError {
-                    function: String::new(),
-                    node: node.id,
-                    kind: TaskErrorKind::Host {
-                        detail: format!("the result vanished ({other:?})"),
-                    },
-                };
-                (Response::Done(WireOutcome::Failed((&e).into())), None)
-            }
-        };
-        reply(&mut send, &response, inline.map(store_bytes)).await
-    }
-
     /// Makes sure `module` is loaded here, fetching its bytes from node `from` if not. Loads
     /// of one module are shared; other requests keep flowing meanwhile.
-    async fn ensure_module(
+    pub(super) async fn ensure_module(
         &self,
         node: &Arc<NodeInner>,
         from: u64,
@@ -1137,178 +1022,9 @@ impl Cluster {
         Ok(wasm)
     }
 
-    // ---- calls placed on other nodes ----
-
-    /// Where a call with `args` should run: `Ok(None)` here, `Ok(Some(node))` there, `Err` if
-    /// no node of the cluster runs calls.
-    pub fn place(&self, node: &NodeInner, args: &[CallArg]) -> Result<Option<NodeId>, String> {
-        // The bytes of the top-level arguments, per node that holds them.
-        let mut bytes: HashMap<u64, u64> = HashMap::new();
-        for a in args {
-            if let CallArg::Object(id) = a {
-                let (at, len) = match node.objects.state(*id) {
-                    Some(ObjectState::Ready(s)) => (self.me.id, s.len() as u64),
-                    Some(ObjectState::Spilled(_)) => (self.me.id, LOCALITY_MIN),
-                    Some(ObjectState::Remote { holder, len }) => (holder.0, len),
-                    _ => continue,
-                };
-                *bytes.entry(at).or_default() += len;
-            }
-        }
-        let held = |id: u64| bytes.get(&id).copied().unwrap_or(0);
-        let mut candidates = Vec::new();
-        if self.me.worker {
-            // Only the counters: `load` reads the whole table, too slow for every call.
-            let (running, queued) = busy(node);
-            candidates.push(Candidate {
-                id: NodeId(self.me.id),
-                busy: running + queued,
-                queued,
-                cores: self.me.cores,
-                bytes: held(self.me.id),
-            });
-        }
-        // Copies, so that no two of these locks are ever held at once.
-        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let inflight = self
-            .inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for m in self.lock_members().values() {
-            if m.info.id == self.me.id
-                || !m.alive
-                || !m.info.worker
-                || dead.contains_key(&m.info.id)
-            {
-                continue;
-            }
-            // Its last report, or the calls this node has sent it since, if more.
-            let sent = inflight.get(&m.info.id).copied().unwrap_or(0);
-            candidates.push(Candidate {
-                id: NodeId(m.info.id),
-                busy: (m.load.running + m.load.queued).max(sent),
-                queued: m.load.queued.max(sent),
-                cores: m.info.cores,
-                bytes: held(m.info.id),
-            });
-        }
-        match placement::choose(NodeId(self.me.id), &candidates, crate::ids::random_u64()) {
-            None => Err("no live node in the cluster runs calls".into()),
-            Some(id) => Ok((id.0 != self.me.id).then_some(id)),
-        }
-    }
-
-    /// Runs `spec` on `target` and records the outcome as the result's owner.
-    pub fn spawn_remote(&self, node: Arc<NodeInner>, target: NodeId, spec: TaskSpec) {
-        let c = self.arc();
-        *self
-            .inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(target.0)
-            .or_default() += 1;
-        self.net.spawn(async move {
-            let mut guard = Completion::new(
-                &node,
-                &spec,
-                target,
-                "the call was abandoned (this node is shutting down)",
-            );
-            let outcome = c.run_remote(&node, target, &spec).await;
-            node.objects
-                .complete(spec.result, outcome, &spec.held_refs());
-            guard.done = true;
-            if let Some(n) = c
-                .inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_mut(&target.0)
-            {
-                *n = n.saturating_sub(1);
-            }
-        });
-    }
-
-    async fn run_remote(
-        &self,
-        node: &Arc<NodeInner>,
-        target: NodeId,
-        spec: &TaskSpec,
-    ) -> Result<(Completed, Vec<ObjectId>), Arc<TaskError>> {
-        let fail = |kind| {
-            Arc::new(TaskError {
-                function: spec.function.clone(),
-                node: target,
-                kind,
-            })
-        };
-        // Checked before anything is copied or encoded: a frame the receiver would refuse is
-        // refused here, at no cost to the network thread.
-        let inband: usize = spec
-            .args
-            .iter()
-            .map(|a| match a {
-                CallArg::Value { bytes, refs } => bytes.len() + refs.len() * 16 + 8,
-                CallArg::Object(_) => 24,
-            })
-            .sum::<usize>()
-            + spec.function.len();
-        if inband > MAX_FRAME - 4096 {
-            return Err(fail(TaskErrorKind::Host {
-                detail: format!(
-                    "the call's in-band arguments take {inband} bytes, larger than the limit of \
-                     {MAX_FRAME} bytes a call to another node carries; pass large values as \
-                     Blob or Buffer (they travel as objects)"
-                ),
-            }));
-        }
-        let task = WireTask {
-            module: spec.module,
-            function: spec.function.clone(),
-            args: spec.args.clone(),
-            result: spec.result,
-        };
-        let died = |detail: String| {
-            fail(TaskErrorKind::NodeDied {
-                node: target,
-                detail,
-            })
-        };
-        let (resp, mut recv) = match self.request(target.0, &Request::Run(task)).await {
-            Ok(x) => x,
-            Err(NetError::Dead { reason, .. }) => return Err(died(reason)),
-            Err(e @ (NetError::Refused { .. } | NetError::Protocol { .. })) => {
-                return Err(fail(TaskErrorKind::Host {
-                    detail: e.to_string(),
-                }));
-            }
-            Err(e) => return Err(died(e.to_string())),
-        };
-        match resp {
-            Response::Done(WireOutcome::Held { len, contained }) => Ok((
-                Completed::Remote {
-                    holder: target,
-                    len,
-                },
-                contained,
-            )),
-            Response::Done(WireOutcome::Inline(header)) => {
-                match self.receive_object(node, &header, &mut recv).await {
-                    Ok(sealed) => Ok((Completed::Local(sealed), header.contained)),
-                    Err(e) => Err(died(format!("the result did not arrive: {e}"))),
-                }
-            }
-            Response::Done(WireOutcome::Failed(w)) => Err(Arc::new(TaskError::from(w))),
-            other => Err(fail(TaskErrorKind::Host {
-                detail: format!("unexpected answer from node {target}: {other:?}"),
-            })),
-        }
-    }
-
     /// Reads an object announced by `header` from `recv` straight into a new block of this
     /// node's store.
-    async fn receive_object(
+    pub(super) async fn receive_object(
         &self,
         node: &NodeInner,
         header: &WireObject,
@@ -1503,48 +1219,18 @@ impl RemoteObjects for Cluster {
         });
     }
 
-    fn free_copy(&self, id: ObjectId, holder: NodeId) {
-        let _ = self
-            .outbox
-            .send(Outgoing::Op(holder.0, RefOp::FreeCopy(id)));
+    fn free_copy(&self, id: ObjectId, _holder: NodeId) {
+        // The core knows where the copy is (`Place::Held`) and sends the `FreeCopy` behind
+        // the borrows sent before it.
+        let _ = self.events.send(LocalEvent::Freed(id));
     }
 
     fn borrow(&self, id: ObjectId) {
-        let _ = self
-            .outbox
-            .send(Outgoing::Op(id.owner(), RefOp::Borrow(id)));
+        let _ = self.events.send(LocalEvent::Hold(id));
     }
 
     fn unborrow(&self, id: ObjectId) {
-        let _ = self
-            .outbox
-            .send(Outgoing::Op(id.owner(), RefOp::Release(id)));
-    }
-}
-
-/// A reference-count change waiting to be sent, or a point the sender waits for.
-#[derive(Debug)]
-enum Outgoing {
-    Op(u64, RefOp),
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// Sends one batch's ops, one `Refs` request per node at once, and waits for every answer.
-async fn send_ref_batch(c: &Arc<Cluster>, groups: HashMap<u64, Vec<RefOp>>) {
-    let mut sent = Vec::new();
-    for (to, ops) in groups {
-        let c = c.clone();
-        sent.push(tokio::spawn(async move {
-            if let Err(e) = c.request(to, &Request::Refs(ops)).await {
-                tracing::debug!(
-                    "reference changes for node {} not delivered: {e}",
-                    NodeId(to)
-                );
-            }
-        }));
-    }
-    for s in sent {
-        let _ = s.await;
+        let _ = self.events.send(LocalEvent::Drop(id));
     }
 }
 
@@ -1582,7 +1268,7 @@ fn check_hello(conn: &Connection, info: &NodeInfo) -> Result<(), String> {
     Ok(())
 }
 
-fn object_header(sealed: &Sealed, contained: Vec<ObjectId>) -> WireObject {
+pub(super) fn object_header(sealed: &Sealed, contained: Vec<ObjectId>) -> WireObject {
     let layout = sealed.layout();
     WireObject {
         meta_len: layout.meta_len,
@@ -1593,7 +1279,7 @@ fn object_header(sealed: &Sealed, contained: Vec<ObjectId>) -> WireObject {
 }
 
 /// Calls running on `node` (holding an instance) and waiting (for arguments or an instance).
-fn busy(node: &NodeInner) -> (u64, u64) {
+pub(super) fn busy(node: &NodeInner) -> (u64, u64) {
     let running = (node.config.max_instances.max(1) as usize)
         .saturating_sub(node.instance_slots.available_permits()) as u64;
     let submitted = node.tasks_submitted.load(Ordering::Relaxed);
@@ -1603,7 +1289,7 @@ fn busy(node: &NodeInner) -> (u64, u64) {
 
 /// A stored object's bytes as `Bytes` that keep it pinned: quinn sends them straight from the
 /// store mapping, without copying them into its own buffers first.
-fn store_bytes(sealed: Arc<Sealed>) -> Bytes {
+pub(super) fn store_bytes(sealed: Arc<Sealed>) -> Bytes {
     struct Pinned(Arc<Sealed>);
     impl AsRef<[u8]> for Pinned {
         fn as_ref(&self) -> &[u8] {
@@ -1615,7 +1301,7 @@ fn store_bytes(sealed: Arc<Sealed>) -> Bytes {
 
 /// Answers a request: the response frame, then `raw` bytes if the response announces them,
 /// then the end of the stream.
-async fn reply(
+pub(super) async fn reply(
     send: &mut SendStream,
     response: &Response,
     raw: Option<Bytes>,
@@ -1632,7 +1318,10 @@ async fn reply(
 
 /// Sends `req` on a new stream of `conn` and reads the response frame; the stream's remaining
 /// bytes (an object or a module) are left in the returned `RecvStream`.
-async fn request_on(conn: &Connection, req: &Request) -> Result<(Response, RecvStream), NetError> {
+pub(super) async fn request_on(
+    conn: &Connection,
+    req: &Request,
+) -> Result<(Response, RecvStream), NetError> {
     let peer = conn.remote_address();
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| conn_err(peer, e))?;
     write_frame(&mut send, req).await?;
@@ -1655,7 +1344,10 @@ async fn request_on(conn: &Connection, req: &Request) -> Result<(Response, RecvS
 
 /// Writes one frame; a message the peer would refuse as too large is an error here, before
 /// anything is sent (so it is not mistaken for a broken connection).
-async fn write_frame<T: serde::Serialize>(send: &mut SendStream, msg: &T) -> Result<(), NetError> {
+pub(super) async fn write_frame<T: serde::Serialize>(
+    send: &mut SendStream,
+    msg: &T,
+) -> Result<(), NetError> {
     let frame = proto::encode_frame(msg);
     if frame.len() - 4 > MAX_FRAME {
         return Err(NetError::Protocol {

@@ -2,10 +2,12 @@
 //! timers and local figures, and carries out what the core asks (send a packet, a node is
 //! dead). The core decides; this module only moves bytes and wakes up on time.
 //!
-//! Today the core runs membership and liveness: joining, heartbeats, the head's node table,
-//! and deaths, which the head decides from how long it has not heard from a node (not from
-//! a transport closing). Calls, objects and reference counts still run in
-//! [`Cluster`]'s older code (issue 11 moves them onto the core next).
+//! The core runs membership and liveness (joining, heartbeats, the head's node table, deaths
+//! decided by the head from how long it has not heard from a node), calls placed on other
+//! nodes (`Run`, `Done`, the inline-or-held rule, calls lost with their node) and reference
+//! counts across nodes (borrows counted per holder at the owner, copies kept for owners, the
+//! borrow-before-release order). Locating and pulling objects still run in [`Cluster`]'s
+//! older code (`Locate`, `Fetch`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,13 +15,18 @@ use std::time::{Duration, Instant};
 
 use ferry_abi::ObjectId;
 use ferry_core::{
-    Config, LocalEvent, LocalState, LocalView, NodeCore, NodeId, Output, Packet, Sender,
+    Completion, Config, Failure, Finished, LocalEvent, LocalState, LocalView, NodeCore, NodeId,
+    Output, Packet, Placed, Sender, SubmitError,
 };
 
-use crate::net::cluster::Cluster;
-use crate::net::proto::{Member, NodeInfo, Response};
+use crate::error::{TaskError, TaskErrorKind};
+use crate::net::cluster::{Cluster, busy, object_header, store_bytes};
+use crate::net::proto::{Member, NodeInfo, Request, Response, WireTaskError};
+use crate::node::NodeInner;
+use crate::objects::{Completed, ObjectState, ObjectTable, WaitFlags};
+use crate::wasm::TaskSpec;
 
-/// The core's view of the local object table. (Membership reads none of it yet.)
+/// No objects: for inputs that read none.
 struct NoObjects;
 
 impl LocalView for NoObjects {
@@ -79,31 +86,291 @@ impl Cluster {
             node: NodeId(from),
             identity,
         };
-        self.with_core(|core| core.handle_packet(Instant::now(), sender, packet, &NoObjects));
+        let node = self.node();
+        self.with_core(|core| match &node {
+            Some(n) => core.handle_packet(Instant::now(), sender, packet, &TableView(&n.objects)),
+            None => core.handle_packet(Instant::now(), sender, packet, &NoObjects),
+        });
+        // Bytes that came with a message the link holds back for ordering wait for it; bytes
+        // nobody expects any more go.
+        let calls = self.remote_calls.lock().unwrap_or_else(|e| e.into_inner());
+        self.attachments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| calls.contains_key(id));
         Response::Ack
+    }
+
+    /// Whether an inline result for `result` from `from` is expected (a call this node placed
+    /// there and that has not completed).
+    pub(super) fn expects_inline(&self, result: ObjectId, from: u64) -> bool {
+        self.remote_calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&result)
+            .is_some_and(|(_, at)| at.0 == from)
+    }
+
+    /// Keeps the bytes of an inline result until the core completes it.
+    pub(super) fn attach(&self, id: ObjectId, sealed: Arc<crate::store::Sealed>) {
+        self.attachments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, sealed);
+    }
+
+    /// Places a call this node submits. `Ok(Some(spec))`: it runs here (the caller runs
+    /// it); `Ok(None)`: the core sent it to another node, or it failed at once (its result is
+    /// completed with the error); `Err`: no node runs calls.
+    pub fn submit(
+        self: &Arc<Self>,
+        node: &Arc<NodeInner>,
+        spec: TaskSpec,
+    ) -> Result<Option<TaskSpec>, String> {
+        let (running, queued) = busy(node);
+        let core_spec = ferry_core::TaskSpec {
+            module: spec.module,
+            function: spec.function.clone(),
+            args: spec.args.clone(),
+            result: spec.result,
+        };
+        let mut placed = None;
+        self.with_core(|core| {
+            let p = core.submit(
+                Instant::now(),
+                core_spec,
+                running,
+                queued,
+                &TableView(&node.objects),
+            );
+            if let Ok(Placed::There(at)) = p {
+                // Before the `Run` leaves (outputs are carried out after this closure).
+                self.remote_calls
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(spec.result, (spec.clone(), at));
+            }
+            placed = Some(p);
+        });
+        match placed {
+            None => Err("this node has left the cluster".into()),
+            Some(Ok(Placed::Here)) => Ok(Some(spec)),
+            Some(Ok(Placed::There(_))) => Ok(None),
+            Some(Err(SubmitError::NoNode)) => Err("no live node in the cluster runs calls".into()),
+            Some(Err(SubmitError::TooLarge { len, max })) => {
+                let e = TaskError {
+                    function: spec.function.clone(),
+                    node: node.id,
+                    kind: TaskErrorKind::Host {
+                        detail: format!(
+                            "the call's in-band arguments take {len} bytes, larger than the \
+                             limit of {max} bytes a call to another node carries; pass large \
+                             values as Blob or Buffer (they travel as objects)"
+                        ),
+                    },
+                };
+                node.objects
+                    .complete(spec.result, Err(Arc::new(e)), &spec.held_refs());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Feeds the core the table's events (first and last references to other nodes'
+    /// objects, frees, calls run for peers finishing), in the order they happened.
+    pub(super) async fn core_events(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<LocalEvent>,
+    ) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(e) = rx.try_recv() {
+                batch.push(e);
+                if batch.len() == 4096 {
+                    break;
+                }
+            }
+            let node = self.node();
+            let now = Instant::now();
+            self.with_core(|core| {
+                for e in batch {
+                    match &node {
+                        Some(n) => core.handle_local(now, e, &TableView(&n.objects)),
+                        None => core.handle_local(now, e, &NoObjects),
+                    }
+                }
+            });
+        }
+    }
+
+    /// Runs a call the core accepted from `owner`, keeping its result here for the owner
+    /// (one count, given back by the core's `Unhold`), and reports how it ended.
+    fn run_for_peer(self: &Arc<Self>, spec: ferry_core::TaskSpec, owner: NodeId) {
+        let c = self.clone();
+        self.runtime_handle().spawn(async move {
+            let Some(node) = c.node() else {
+                return;
+            };
+            let result = spec.result;
+            let function = spec.function.clone();
+            let failed = |detail: String| {
+                let e = TaskError {
+                    function: function.clone(),
+                    node: node.id,
+                    kind: TaskErrorKind::Host { detail },
+                };
+                Finished::Failed(encode_error(&e))
+            };
+            let early = if node.objects.state(result).is_some() {
+                Some(failed(format!(
+                    "the result id {result} is already in use here"
+                )))
+            } else if let Err(detail) = c.ensure_module(&node, owner.0, spec.module).await {
+                Some(failed(detail))
+            } else {
+                None
+            };
+            if let Some(finished) = early {
+                let _ = c.events.send(LocalEvent::TaskFinished { result, finished });
+                return;
+            }
+            let spec = TaskSpec {
+                module: spec.module,
+                function: spec.function,
+                args: spec.args,
+                result,
+            };
+            // The arguments are counted by their owners; objects this node owns are counted
+            // here too, balancing the release when the call finishes.
+            for id in spec.held_refs() {
+                node.objects.retain(id);
+            }
+            // One count held for the owner (until the core's `Unhold`), one for the task.
+            node.objects.insert_pending(result, 2);
+            node.objects.mark_hosted(result);
+            node.tasks_submitted.fetch_add(1, Ordering::Relaxed);
+            let n = node.clone();
+            let ran = node.handle.spawn(async move {
+                crate::wasm::run_task(n.clone(), spec).await;
+                n.tasks_finished.fetch_add(1, Ordering::Relaxed);
+            });
+            let _ = ran.await;
+            let finished = match node.objects.state(result) {
+                Some(ObjectState::Ready(s)) => Finished::Value {
+                    len: s.len() as u64,
+                    contained: node.objects.contained(result),
+                },
+                Some(ObjectState::Spilled(s)) => Finished::Value {
+                    len: s.layout().total_len(),
+                    contained: node.objects.contained(result),
+                },
+                Some(ObjectState::Failed(e)) => Finished::Failed(encode_error(&e)),
+                other => failed(format!("the result vanished ({other:?})")),
+            };
+            // After the borrows of what the result holds (the same queue, in order).
+            let _ = c.events.send(LocalEvent::TaskFinished { result, finished });
+        });
+    }
+
+    /// A call this node placed elsewhere ended: complete its result.
+    fn complete_remote(&self, id: ObjectId, completion: Completion) {
+        let Some(node) = self.node() else {
+            return;
+        };
+        let Some((spec, at)) = self
+            .remote_calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+        else {
+            return;
+        };
+        let outcome = match completion {
+            Completion::Inline => match self
+                .attachments
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id)
+            {
+                Some(sealed) => Ok((Completed::Local(sealed), Vec::new())),
+                None => Err(Arc::new(task_error(
+                    Failure::Refused("its result's bytes did not arrive".into()),
+                    &spec.function,
+                    at,
+                ))),
+            },
+            // (The core keeps its length, for placement.)
+            Completion::Held { at, contained, .. } => {
+                Ok((Completed::Remote { holder: at }, contained))
+            }
+            Completion::Failed(f) => Err(Arc::new(task_error(f, &spec.function, at))),
+        };
+        node.objects.complete(id, outcome, &spec.held_refs());
+    }
+
+    /// Sends a packet, with the bytes of `attach` after it.
+    fn send_packet(self: &Arc<Self>, to: NodeId, packet: Packet, attach: Option<ObjectId>) {
+        let c = self.clone();
+        self.runtime_handle().spawn(async move {
+            let object = match (attach, c.node()) {
+                (Some(id), Some(node)) => node
+                    .objects
+                    .wait_ready(id, Some(Duration::from_secs(30)))
+                    .await
+                    .ok(),
+                _ => None,
+            };
+            let sent = match object {
+                Some(sealed) => {
+                    let header = object_header(&sealed, Vec::new());
+                    let req = Request::PacketWithObject(packet, header);
+                    c.request_with(to.0, &req, Some(store_bytes(sealed))).await
+                }
+                None => c.request(to.0, &Request::Packet(packet)).await.map(|_| ()),
+            };
+            if to.0 != c.head_id() {
+                if let Err(e) = sent {
+                    tracing::debug!("a message to node {to} was not delivered: {e}");
+                }
+                return;
+            }
+            // Loud once when the head cannot be reached, quiet again once it can.
+            match sent {
+                Ok(()) => c.head_warned.store(false, Ordering::Relaxed),
+                Err(e) if !c.head_warned.swap(true, Ordering::Relaxed) => {
+                    tracing::warn!("cannot report to the head: {e}");
+                }
+                Err(_) => {}
+            }
+        });
     }
 
     fn carry_out(self: &Arc<Self>, outputs: Vec<Output>) {
         for o in outputs {
             match o {
-                Output::Send { to, packet, .. } => {
+                Output::Send { to, packet, attach } => self.send_packet(to, packet, attach),
+                Output::Run { spec, owner } => self.run_for_peer(spec, owner),
+                Output::Complete { id, completion } => self.complete_remote(id, completion),
+                Output::Hold(id) => {
+                    if let Some(node) = self.node() {
+                        node.objects.retain(id);
+                    }
+                }
+                Output::Unhold(id) => {
+                    if let Some(node) = self.node() {
+                        if id.owner() == node.id.0 {
+                            node.objects.release(id);
+                        } else {
+                            node.objects.release_hosted(id);
+                        }
+                    }
+                }
+                Output::WatchLocal(id) => {
                     let c = self.clone();
                     self.runtime_handle().spawn(async move {
-                        let req = crate::net::proto::Request::Packet(packet);
-                        let sent = c.request(to.0, &req).await;
-                        if to.0 != c.head_id() {
-                            if let Err(e) = sent {
-                                tracing::debug!("a message to node {to} was not delivered: {e}");
-                            }
-                            return;
-                        }
-                        // Loud once when the head cannot be reached, quiet again once it can.
-                        match sent {
-                            Ok(_) => c.head_warned.store(false, Ordering::Relaxed),
-                            Err(e) if !c.head_warned.swap(true, Ordering::Relaxed) => {
-                                tracing::warn!("cannot report to the head: {e}");
-                            }
-                            Err(_) => {}
+                        if let Some(node) = c.node() {
+                            node.objects.wait_many(&[id], 1, None, WaitFlags::All).await;
+                            let _ = c.events.send(LocalEvent::Completed(id));
                         }
                     });
                 }
@@ -119,7 +386,10 @@ impl Cluster {
                     from.node,
                     from.identity.cert
                 ),
-                other => tracing::debug!("core output not carried out yet: {other:?}"),
+                // Objects of a dead owner: `node_lost` marks them (`ObjectTable::lose_node`).
+                Output::Lost { .. } => {}
+                // Pulls still run in `Cluster` (`Locate`, `Fetch`); the core is not asked.
+                Output::Fetch { .. } | Output::Resolved { .. } => {}
             }
         }
         self.sync_members();
@@ -228,5 +498,56 @@ impl Cluster {
                 core.handle_timeout(now);
             });
         }
+    }
+}
+
+// ---- calls and reference counts through the core ----
+
+/// The core's view of the local object table.
+pub(super) struct TableView<'a>(pub(super) &'a ObjectTable);
+
+impl LocalView for TableView<'_> {
+    fn local(&self, id: ObjectId) -> Option<LocalState> {
+        Some(match self.0.state(id)? {
+            ObjectState::Pending => LocalState::Pending,
+            ObjectState::Ready(s) => LocalState::Ready {
+                len: s.len() as u64,
+            },
+            ObjectState::Spilled(s) => LocalState::Ready {
+                len: s.layout().total_len(),
+            },
+            ObjectState::Failed(e) => LocalState::Failed(Failure::Task(encode_error(&e))),
+            ObjectState::Remote { .. } | ObjectState::Borrowed => LocalState::Elsewhere,
+            ObjectState::Lost { node, detail } => {
+                LocalState::Failed(Failure::NodeDied { node, detail })
+            }
+        })
+    }
+}
+
+/// A task error as the core carries it (opaque bytes: its flat wire form).
+pub(super) fn encode_error(e: &TaskError) -> Vec<u8> {
+    postcard::to_allocvec(&WireTaskError::from(e)).unwrap_or_default()
+}
+
+/// A failure the core reports for a call of `function` placed on `at`, as a task error.
+pub(super) fn task_error(f: Failure, function: &str, at: NodeId) -> TaskError {
+    let host = |detail: String| TaskError {
+        function: function.to_owned(),
+        node: at,
+        kind: TaskErrorKind::Host { detail },
+    };
+    match f {
+        Failure::Task(bytes) => match postcard::from_bytes::<WireTaskError>(&bytes) {
+            Ok(w) => w.into(),
+            Err(e) => host(format!("node {at} sent an error that does not decode: {e}")),
+        },
+        Failure::NodeDied { node, detail } => TaskError {
+            function: function.to_owned(),
+            node,
+            kind: TaskErrorKind::NodeDied { node, detail },
+        },
+        Failure::Refused(why) => host(format!("node {at} refused the call: {why}")),
+        Failure::Gone => host(format!("node {at} no longer has the result")),
     }
 }

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_abi::abi::CallArg;
 use ferry_abi::{ModuleId, ObjectId};
 use serde::{Deserialize, Serialize};
 
@@ -79,19 +78,6 @@ pub struct Member {
     pub reason: Option<String>,
 }
 
-/// A call shipped to another node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WireTask {
-    /// The module (by content hash); the receiver fetches it from the sender if it lacks it.
-    pub module: ModuleId,
-    /// The function.
-    pub function: String,
-    /// The arguments.
-    pub args: Vec<CallArg>,
-    /// The result's id (owned by the sender).
-    pub result: ObjectId,
-}
-
 /// An object's header on the wire; `total_len` raw bytes (the object as stored, metadata,
 /// buffers and padding) follow it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,45 +110,17 @@ pub enum WireLocation {
     Pending,
 }
 
-/// How a shipped call ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum WireOutcome {
-    /// The result stays on the node that ran the call; `len` bytes, containing `contained`.
-    Held {
-        /// The object's length.
-        len: u64,
-        /// The refs it contains.
-        contained: Vec<ObjectId>,
-    },
-    /// A small result, sent back whole: the object follows the response.
-    Inline(WireObject),
-    /// The call failed.
-    Failed(WireTaskError),
-}
-
-/// One reference-count change sent to an object's owner or holder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RefOp {
-    /// The sender now holds the object (a borrow): one more count at the owner.
-    Borrow(ObjectId),
-    /// The sender no longer holds it: one count less at the owner.
-    Release(ObjectId),
-    /// The owner freed the object: the receiver drops the copy it holds for the owner.
-    FreeCopy(ObjectId),
-}
-
 /// A request: the first frame on a stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// The first request on every connection: who is calling. Answered with `Welcome`.
     Hello(NodeInfo),
     /// A message of the distributed core (`ferry_core::Message` with its link numbers):
-    /// joining, heartbeats and the head's node table. Answered with `Ack`.
+    /// joining, heartbeats, the head's node table, calls (`Run`, `Done`) and reference counts
+    /// (`Borrow`, `Release`, `FreeCopy`). Answered with `Ack`.
     Packet(ferry_core::Packet),
     /// The node table. Answered with `Members`.
     Members,
-    /// Run a call. Answered with `Done` when it finishes.
-    Run(WireTask),
     /// The bytes of a module. Answered with `Module` and the bytes.
     Module(ModuleId),
     /// Where an object is; the owner waits up to `wait_ms` for a pending one. Answered with
@@ -175,8 +133,9 @@ pub enum Request {
     },
     /// An object's bytes. Answered with `Object` and the bytes.
     Fetch(ObjectId),
-    /// Reference-count changes, applied in order. Answered with `Ack`.
-    Refs(Vec<RefOp>),
+    /// A core message carrying an object: the inline result of a call (`Done` with
+    /// `Outcome::Inline`), whose `total_len` raw bytes follow the frame. Answered with `Ack`.
+    PacketWithObject(ferry_core::Packet, WireObject),
 }
 
 /// The answer to a [`Request`].
@@ -186,8 +145,6 @@ pub enum Response {
     Welcome(NodeInfo),
     /// The node table.
     Members(Vec<Member>),
-    /// How a call ended (an `Inline` object's bytes follow).
-    Done(WireOutcome),
     /// A module's length; its bytes follow.
     Module {
         /// The byte count.

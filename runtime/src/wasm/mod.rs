@@ -9,5 +9,4 @@ mod windows;
 
 pub use engine::WasmEngine;
 pub use module::{LoadedModule, ModuleRegistry, ModuleStats, module_id};
-pub(crate) use task::Completion;
 pub use task::{TaskSpec, run_task};
