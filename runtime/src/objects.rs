@@ -119,6 +119,13 @@ struct Entry {
     /// This is a copy kept for the object's owner, holding one count for it until the owner's
     /// `FreeCopy` (or its death).
     hosted: bool,
+    /// Of `refs`, the counts held for the cluster rather than by this node's own references:
+    /// the owner's count on a copy kept for it, and a call's count on its own result while
+    /// it runs here for a peer. They register no borrow.
+    held: u64,
+    /// Another node's object that this node stores a copy of (not a `Borrowed` entry) and
+    /// references itself (`refs > held`): a borrow is registered at its owner.
+    borrowing: bool,
 }
 
 /// Figures about the table.
@@ -145,18 +152,31 @@ impl Drop for Freed {
     }
 }
 
+/// What releases leave to do once the table lock is released: entries to drop, and borrows
+/// to give back.
+#[derive(Debug, Default)]
+struct Released {
+    freed: Vec<Freed>,
+    /// Copies of other nodes' objects that this node no longer references itself.
+    unborrow: Vec<ObjectId>,
+}
+
 /// Removes one reference from each id, freeing at zero and cascading to the refs a freed
-/// object contained. Freed entries go to `freed`, to be dropped after the lock is released.
-fn release_locked(t: &mut HashMap<ObjectId, Entry>, ids: &[ObjectId], freed: &mut Vec<Freed>) {
+/// object contained. Freed entries go to `r`, to be dropped after the lock is released.
+fn release_locked(t: &mut HashMap<ObjectId, Entry>, ids: &[ObjectId], r: &mut Released) {
     let mut work: Vec<ObjectId> = ids.to_vec();
     while let Some(id) = work.pop() {
         let Some(e) = t.get_mut(&id) else { continue };
         e.refs = e.refs.saturating_sub(1);
-        if e.refs == 0
-            && let Some(e) = t.remove(&id)
-        {
-            work.extend_from_slice(&e.contained);
-            freed.push(Freed(id, e));
+        if e.refs == 0 {
+            if let Some(e) = t.remove(&id) {
+                work.extend_from_slice(&e.contained);
+                r.freed.push(Freed(id, e));
+            }
+        } else if e.borrowing && e.refs <= e.held {
+            // Only the cluster's counts are left: this node's own borrow goes.
+            e.borrowing = false;
+            r.unborrow.push(id);
         }
     }
 }
@@ -225,9 +245,14 @@ impl ObjectTable {
                 .is_none_or(|e| matches!(e.state, ObjectState::Borrowed))
     }
 
-    /// Drops freed entries outside the lock, telling nodes that kept copies for us.
-    fn dispose(&self, freed: Vec<Freed>) {
+    /// Drops freed entries outside the lock, telling nodes that kept copies for us, and gives
+    /// back the borrows this node no longer needs.
+    fn dispose(&self, released: Released) {
+        let Released { freed, unborrow } = released;
         if let Some(remote) = self.remote.get() {
+            for id in unborrow {
+                remote.unborrow(id);
+            }
             for f in &freed {
                 if let Some(holder) = f.1.held_by {
                     remote.free_copy(f.0, holder);
@@ -235,16 +260,31 @@ impl ObjectTable {
                 if matches!(f.1.state, ObjectState::Borrowed) {
                     crate::codec::forget_borrow(f.0, self);
                     remote.unborrow(f.0);
+                } else if f.1.borrowing {
+                    remote.unborrow(f.0);
                 }
             }
         }
         drop(freed);
     }
 
+    /// Counts one more reference of this node's own on an existing entry. Returns whether a
+    /// borrow must now be registered at the owner: the first own reference to a copy of
+    /// another node's object (a copy kept for its owner counts none of its own).
+    fn retain_entry(&self, e: &mut Entry, id: ObjectId) -> bool {
+        e.refs += 1;
+        let copy_of_foreign = self.is_foreign(id) && !matches!(e.state, ObjectState::Borrowed);
+        if copy_of_foreign && !e.borrowing && e.refs > e.held {
+            e.borrowing = true;
+            return true;
+        }
+        false
+    }
+
     /// A node died: objects only it held are lost, and copies it kept for us are gone. (The
     /// copies we kept for it are given back by the distributed core's `Unhold`.)
     pub fn lose_node(&self, node: NodeId, detail: &str) {
-        let freed = Vec::new();
+        let freed = Released::default();
         let notify: Vec<Arc<Notify>> = {
             let mut t = self.lock();
             for (id, e) in t.iter_mut() {
@@ -471,6 +511,8 @@ impl ObjectTable {
                 last_used: self.tick(),
                 held_by: None,
                 hosted: false,
+                held: 0,
+                borrowing: false,
             },
         );
         drop(t);
@@ -488,7 +530,9 @@ impl ObjectTable {
         let mut borrowed = Vec::new();
         for c in contained {
             if let Some(e) = t.get_mut(c) {
-                e.refs += 1;
+                if self.retain_entry(e, *c) {
+                    borrowed.push(*c);
+                }
             } else if self.is_foreign(*c) {
                 t.insert(*c, self.borrowed_entry());
                 borrowed.push(*c);
@@ -507,6 +551,8 @@ impl ObjectTable {
             last_used: self.tick(),
             held_by: None,
             hosted: false,
+            held: 0,
+            borrowing: false,
         }
     }
 
@@ -530,6 +576,8 @@ impl ObjectTable {
                 last_used: self.tick(),
                 held_by: None,
                 hosted: false,
+                held: 0,
+                borrowing: false,
             },
         );
     }
@@ -544,7 +592,7 @@ impl ObjectTable {
         outcome: Result<(Completed, Vec<ObjectId>), Arc<TaskError>>,
         finished_with: &[ObjectId],
     ) {
-        let mut freed = Vec::new();
+        let mut freed = Released::default();
         let borrowed;
         let notify = {
             let mut t = self.lock();
@@ -554,6 +602,14 @@ impl ObjectTable {
             };
             borrowed = self.retain_contained(&mut t, &contained);
             release_locked(&mut t, finished_with, &mut freed);
+            // A call run here for a peer: its count on its own result was held for the
+            // cluster (`mark_hosted`), not a reference of this node's.
+            if let Some(e) = t.get_mut(&id)
+                && e.hosted
+                && e.held > 0
+            {
+                e.held -= 1;
+            }
             let notify = match t.get_mut(&id) {
                 Some(e) => {
                     e.state = match outcome {
@@ -597,7 +653,10 @@ impl ObjectTable {
         let mut t = self.lock();
         match t.get_mut(&id) {
             Some(e) => {
-                e.refs += 1;
+                if self.retain_entry(e, id) {
+                    drop(t);
+                    self.borrow_all(vec![id]);
+                }
                 true
             }
             None if self.is_foreign(id) => {
@@ -612,21 +671,28 @@ impl ObjectTable {
         }
     }
 
-    /// Marks `id` as a copy kept for its owner (see [`release_hosted`](Self::release_hosted)).
+    /// Marks `id`, just inserted pending with two counts for a call run here for its owner,
+    /// as a copy kept for that owner (see [`release_hosted`](Self::release_hosted)): both
+    /// counts, the owner's and the call's, are held for the cluster, not references of this
+    /// node's, so they register no borrow; a reference of this node's own does.
     pub fn mark_hosted(&self, id: ObjectId) {
         if let Some(e) = self.lock().get_mut(&id) {
             e.hosted = true;
+            e.held = 2;
         }
     }
 
     /// Drops the count a copy kept for its owner holds, once (a repeated or stray `FreeCopy`
     /// changes nothing).
     pub fn release_hosted(&self, id: ObjectId) {
-        let mut freed = Vec::new();
+        let mut freed = Released::default();
         {
             let mut t = self.lock();
             match t.get_mut(&id) {
-                Some(e) if e.hosted => e.hosted = false,
+                Some(e) if e.hosted => {
+                    e.hosted = false;
+                    e.held = e.held.saturating_sub(1);
+                }
                 _ => return,
             }
             release_locked(&mut t, &[id], &mut freed);
@@ -644,7 +710,7 @@ impl ObjectTable {
         if ids.is_empty() {
             return;
         }
-        let mut freed = Vec::new();
+        let mut freed = Released::default();
         release_locked(&mut self.lock(), ids, &mut freed);
         // Dropping entries returns their space to the store; do it outside the table lock.
         self.dispose(freed);
@@ -888,5 +954,115 @@ impl ObjectTable {
     /// The reference count of `id` (for tests and diagnostics).
     pub fn ref_count(&self, id: ObjectId) -> Option<u64> {
         self.lock().get(&id).map(|e| e.refs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what the table asks of the cluster.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Recorder {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    impl RemoteObjects for Recorder {
+        fn fetch(
+            &self,
+            id: ObjectId,
+            _holder: Option<NodeId>,
+        ) -> BoxFuture<Result<ObjectWithRefs, GetError>> {
+            Box::pin(async move { Err(GetError::ObjectLost { id }) })
+        }
+        fn free_copy(&self, id: ObjectId, _holder: NodeId) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("free_copy {}", id.seq()));
+        }
+        fn borrow(&self, id: ObjectId) {
+            self.0.lock().unwrap().push(format!("borrow {}", id.seq()));
+        }
+        fn unborrow(&self, id: ObjectId) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("unborrow {}", id.seq()));
+        }
+        fn watch_done(
+            &self,
+            _id: ObjectId,
+            _interest: std::sync::Weak<ForeignWait>,
+            _done: Box<dyn FnOnce() + Send>,
+        ) {
+        }
+    }
+
+    fn table() -> (ObjectTable, Arc<Recorder>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::create(dir.path(), 1 << 20).unwrap();
+        let t = ObjectTable::new(store, None);
+        t.set_local(NodeId::new(1, 1));
+        let r = Arc::new(Recorder::default());
+        t.set_remote(r.clone());
+        (t, r, dir)
+    }
+
+    /// The flaw the simulator found (docs/simulator.md): a reference of this node's own to a
+    /// copy it keeps for the owner must register a borrow, or the owner frees the object while
+    /// this node still references it.
+    #[test]
+    fn a_reference_to_a_copy_kept_for_its_owner_borrows_it() {
+        let (t, r, _dir) = table();
+        let owner = NodeId::new(2, 1);
+        let x = ObjectId::new(owner.0, 7);
+        // A call run here for the owner: its result is held for the cluster, twice.
+        t.insert_pending(x, 2);
+        t.mark_hosted(x);
+        assert!(r.take().is_empty(), "the cluster's counts borrow nothing");
+        // Another call here takes it as an argument: this node now references it.
+        assert!(t.retain(x));
+        assert_eq!(r.take(), vec!["borrow 7"]);
+        assert!(t.retain(x));
+        assert!(r.take().is_empty(), "one borrow per node");
+        t.release(x);
+        assert!(r.take().is_empty());
+        t.release(x);
+        assert_eq!(
+            r.take(),
+            vec!["unborrow 7"],
+            "only the cluster's counts are left"
+        );
+        // The call ends, and the owner frees its copy: the entry goes without another
+        // unborrow.
+        let layout = Layout::plan(8, &[]).unwrap();
+        let sealed = t.allocate(layout).unwrap().seal();
+        t.complete(x, Ok((Completed::Local(sealed), Vec::new())), &[]);
+        assert_eq!(t.ref_count(x), Some(1));
+        t.release_hosted(x);
+        assert_eq!(t.ref_count(x), None);
+        assert!(r.take().is_empty());
+    }
+
+    #[test]
+    fn a_copy_still_referenced_here_when_its_owner_frees_it_keeps_its_borrow_until_freed() {
+        let (t, r, _dir) = table();
+        let x = ObjectId::new(NodeId::new(2, 1).0, 8);
+        t.insert_pending(x, 2);
+        t.mark_hosted(x);
+        let sealed = t.allocate(Layout::plan(8, &[]).unwrap()).unwrap().seal();
+        t.complete(x, Ok((Completed::Local(sealed), Vec::new())), &[]);
+        assert!(t.retain(x));
+        assert_eq!(r.take(), vec!["borrow 8"]);
+        t.release_hosted(x);
+        assert!(r.take().is_empty(), "still referenced here");
+        t.release(x);
+        assert_eq!(r.take(), vec!["unborrow 8"]);
+        assert_eq!(t.ref_count(x), None);
     }
 }
