@@ -26,6 +26,10 @@ pub const MAX_RTO: Duration = Duration::from_secs(4);
 /// Out-of-order messages a receiver keeps at most; later ones are dropped (and repeated).
 pub const MAX_HELD: usize = 4096;
 
+/// Bytes of out-of-order messages a receiver keeps at most per peer (a peer that never sends
+/// the message it skipped cannot make it keep more).
+pub const MAX_HELD_BYTES: usize = 32 << 20;
+
 #[derive(Debug)]
 struct Unacked {
     seq: u64,
@@ -43,6 +47,8 @@ pub struct Link {
     /// The next sequence number expected from the peer.
     recv_next: u64,
     held: BTreeMap<u64, Message>,
+    /// About how many bytes `held` takes.
+    held_bytes: usize,
     /// Since when an acknowledgement is owed.
     ack_owed: Option<Instant>,
     rto: Duration,
@@ -65,6 +71,7 @@ impl Link {
             unacked: VecDeque::new(),
             recv_next: 1,
             held: BTreeMap::new(),
+            held_bytes: 0,
             ack_owed: None,
             rto,
         }
@@ -131,8 +138,20 @@ impl Link {
         if packet.seq - self.recv_next >= MAX_HELD as u64 {
             return (deliver, acked);
         }
-        self.held.insert(packet.seq, msg);
+        if packet.seq == self.recv_next {
+            deliver.push(msg);
+            self.recv_next += 1;
+        } else {
+            let len = msg.approx_len();
+            if self.held_bytes + len > MAX_HELD_BYTES || self.held.contains_key(&packet.seq) {
+                // Dropped: the sender repeats it once the gap is filled.
+                return (deliver, acked);
+            }
+            self.held_bytes += len;
+            self.held.insert(packet.seq, msg);
+        }
         while let Some(m) = self.held.remove(&self.recv_next) {
+            self.held_bytes = self.held_bytes.saturating_sub(m.approx_len());
             deliver.push(m);
             self.recv_next += 1;
         }
@@ -235,6 +254,30 @@ mod tests {
         assert_eq!(a.timeout(), Some(t + Duration::from_millis(300)));
         let (d, _) = b.receive(t, out[0].packet.clone());
         assert_eq!(d, vec![release(1)]);
+    }
+
+    #[test]
+    fn a_peer_that_skips_a_number_cannot_make_the_receiver_keep_more_than_the_budget() {
+        let t = Instant::now();
+        let mut b = Link::new(Duration::from_millis(100));
+        let big = |seq: u64| Packet {
+            seq,
+            ack: 0,
+            msg: Some(Message::Run(crate::message::TaskSpec {
+                module: ferry_abi::ModuleId([0; 32]),
+                function: "f".into(),
+                args: vec![ferry_abi::abi::CallArg::Value {
+                    bytes: vec![0; 1 << 20],
+                    refs: Vec::new(),
+                }],
+                result: ObjectId::new(2, seq),
+            })),
+        };
+        for seq in 2..100 {
+            assert!(b.receive(t, big(seq)).0.is_empty());
+        }
+        assert!(b.held_bytes <= MAX_HELD_BYTES);
+        assert!(b.held.len() < 40, "{} kept", b.held.len());
     }
 
     #[test]

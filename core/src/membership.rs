@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::ids::{Identity, NodeId, Role, Sender};
+
+/// Rows the head keeps at most (live members and dead nodes); a `Hello` beyond is refused.
+pub const MAX_MEMBERS: usize = 4096;
 use crate::message::{Load, Member, Message, NodeInfo};
 
 /// Why a peer's message was refused.
@@ -192,9 +195,13 @@ impl Membership {
                 if info.worker && from.identity.role != Role::Node {
                     return Err(Refusal::ClientAsWorker);
                 }
+                let full = self.rows.len() >= MAX_MEMBERS;
                 match self.rows.get_mut(&info.id) {
                     Some(r) if !r.member.alive => return Err(Refusal::NotAMember),
                     Some(r) => r.last_heard = now,
+                    None if full => {
+                        return Err(Refusal::Forbidden("the node table is full"));
+                    }
                     None => {
                         self.rows.insert(
                             info.id,
@@ -215,6 +222,10 @@ impl Membership {
             Message::Heartbeat(load) => {
                 if !self.is_head() {
                     return Err(Refusal::NotHead);
+                }
+                if !self.rows.contains_key(&from.node) {
+                    // Not (or no longer) listed: the table tells it so, and it stops.
+                    return Ok(Some(Message::Members(self.members())));
                 }
                 let Some(r) = self.rows.get_mut(&from.node) else {
                     return Err(Refusal::NotAMember);
@@ -297,17 +308,20 @@ impl Membership {
                 }
             }
         }
-        // A member the head no longer lists has left (drivers leave that way).
-        for (id, r) in self.rows.iter_mut() {
-            if r.member.alive && !listed.contains(id) && *id != self.me.id {
-                r.member.alive = false;
-                r.member.reason = Some("left the cluster".into());
+        // A member the head no longer lists has left (drivers leave that way); its row goes.
+        let me = self.me.id;
+        self.rows.retain(|id, r| {
+            if listed.contains(id) || *id == me {
+                return true;
+            }
+            if r.member.alive {
                 deaths.push(Death {
                     node: *id,
                     reason: "left the cluster".into(),
                 });
             }
-        }
+            false
+        });
     }
 
     /// When membership next needs attention.
@@ -344,6 +358,8 @@ impl Membership {
                 }
             }
             // Dead drivers are forgotten once reported; dead nodes stay listed as dead.
+            self.rows
+                .retain(|_, r| r.member.alive || r.member.info.worker);
             return None;
         }
         match self.next_report {

@@ -89,6 +89,24 @@ impl TaskSpec {
             .copied()
     }
 
+    /// Every ref the task holds while it waits and runs: top-level refs and refs inside
+    /// values.
+    pub fn held_refs(&self) -> Vec<ObjectId> {
+        self.refs().collect()
+    }
+
+    /// Every ref in an argument list.
+    pub fn refs_of(args: &[CallArg]) -> Vec<ObjectId> {
+        let mut out = Vec::new();
+        for a in args {
+            match a {
+                CallArg::Value { refs, .. } => out.extend_from_slice(refs),
+                CallArg::Object(id) => out.push(*id),
+            }
+        }
+        out
+    }
+
     /// Bytes the spec takes in a message (arguments travel in band).
     pub fn wire_len(&self) -> usize {
         self.function.len()
@@ -188,6 +206,23 @@ pub enum Message {
 }
 
 impl Message {
+    /// About how many bytes the message takes in memory (to bound what a link keeps).
+    pub fn approx_len(&self) -> usize {
+        64 + match self {
+            Self::Run(spec) => spec.wire_len(),
+            Self::Done {
+                outcome: Outcome::Held { contained, .. },
+                ..
+            } => contained.len() * 16,
+            Self::Done {
+                outcome: Outcome::Failed(Failure::Task(bytes)),
+                ..
+            } => bytes.len(),
+            Self::Members(m) => m.len() * 128,
+            _ => 0,
+        }
+    }
+
     /// Whether the message goes through the reliable, ordered channel (heartbeats, hellos and
     /// tables are periodic and go as they are).
     pub fn reliable(&self) -> bool {

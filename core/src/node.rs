@@ -486,6 +486,15 @@ impl NodeCore {
             }
             return;
         }
+        // Calls, counts and acknowledgements come only from members: no link (and nothing it
+        // keeps) for anyone the head does not list. A node that has just joined is listed
+        // here at the next table; its messages are repeated until then.
+        let periodic = packet.msg.as_ref().is_some_and(|m| !m.reliable());
+        if !periodic && !self.membership.alive(from.node) {
+            let what = packet.msg.as_ref().map_or("Ack", kind);
+            self.refuse(from, what, Refusal::NotAMember);
+            return;
+        }
         let rto = self.config.retransmit;
         let link = self
             .links
@@ -884,6 +893,18 @@ mod tests {
         };
         let mut link = Link::new(Duration::from_secs(1));
         let now = Instant::now();
+        // B joins (only members' counts are taken).
+        let hello = Packet {
+            seq: 0,
+            ack: 0,
+            msg: Some(Message::Hello(NodeInfo {
+                id: b,
+                addr: None,
+                worker: true,
+                cores: 1,
+            })),
+        };
+        owner.handle_packet(now, from, hello, &view);
         let borrow = link.send(now, Message::Borrow(x), None).packet;
         owner.handle_packet(now, from, borrow, &view);
         assert!(outputs(&mut owner).contains(&Output::Hold(x)));

@@ -164,7 +164,8 @@ impl Refs {
         }
         let holders = self.borrowers.entry(id).or_default();
         let first = holders.is_empty();
-        *holders.entry(from).or_default() += 1;
+        let n = holders.entry(from).or_default();
+        *n = n.saturating_add(1);
         Ok(first.then_some(Effect::Hold(id)))
     }
 

@@ -564,22 +564,37 @@ impl ObjectTable {
         }
     }
 
+    /// A new entry for an object whose task has not run yet, with `refs` counts.
+    fn pending_entry(&self, refs: u64) -> Entry {
+        Entry {
+            state: ObjectState::Pending,
+            refs,
+            contained: Vec::new(),
+            notify: Some(Arc::new(Notify::new())),
+            last_used: self.tick(),
+            held_by: None,
+            hosted: false,
+            held: 0,
+            borrowing: false,
+        }
+    }
+
+    /// Adds an object whose task has not run yet, unless `id` is in use: returns whether it
+    /// did. (For a call run here for another node, whose result id comes from that node.)
+    pub fn insert_pending_new(&self, id: ObjectId, refs: u64) -> bool {
+        let mut t = self.lock();
+        if t.contains_key(&id) {
+            return false;
+        }
+        let e = self.pending_entry(refs);
+        t.insert(id, e);
+        true
+    }
+
     /// Adds an object whose task has not run yet.
     pub fn insert_pending(&self, id: ObjectId, refs: u64) {
-        self.lock().insert(
-            id,
-            Entry {
-                state: ObjectState::Pending,
-                refs,
-                contained: Vec::new(),
-                notify: Some(Arc::new(Notify::new())),
-                last_used: self.tick(),
-                held_by: None,
-                hosted: false,
-                held: 0,
-                borrowing: false,
-            },
-        );
+        let e = self.pending_entry(refs);
+        self.lock().insert(id, e);
     }
 
     /// Records the outcome of the task producing `id` and wakes its waiters, in one step:

@@ -266,7 +266,13 @@ impl Sim {
             let Some(n) = self.node(slot) else { continue };
             // A node the head has declared dead is fenced off: everyone who knows drops what
             // it sends, and it stops once it hears. What it references no longer counts.
-            let zombie = head.is_some_and(|h| h.core.membership().dead(self.ids[slot]).is_some());
+            // (Or has dropped from its table: a dead driver's row goes.)
+            let zombie = slot != 0
+                && head.is_some_and(|h| {
+                    let m = h.core.membership();
+                    m.dead(self.ids[slot]).is_some()
+                        || (!m.alive(self.ids[slot]) && n.core.membership().joined())
+                });
             if zombie {
                 continue;
             }

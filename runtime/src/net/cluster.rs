@@ -27,14 +27,11 @@ use tokio::sync::OnceCell;
 use crate::error::{GetError, TaskError};
 use crate::ids::NodeId;
 use crate::net::proto::{
-    self, Load, MAX_FRAME, Member, NodeInfo, ProtoError, Request, Response, WireLocation,
-    WireObject,
+    self, Load, MAX_FRAME, Member, NodeInfo, ProtoError, Request, Response, WireObject,
 };
 use crate::net::tls::{self, Credentials, Identity, NODE_NAME, Role, TlsError};
 use crate::node::NodeInner;
-use crate::objects::{
-    BoxFuture, ForeignWait, ObjectState, ObjectWithRefs, RemoteObjects, WaitFlags,
-};
+use crate::objects::{BoxFuture, ForeignWait, ObjectWithRefs, RemoteObjects};
 use crate::store::Sealed;
 use crate::wasm::TaskSpec;
 use ferry_core::LocalEvent;
@@ -152,7 +149,7 @@ fn conn_err(peer: impl std::fmt::Display, e: impl std::fmt::Display) -> NetError
 
 /// Why a pull failed; cloneable so that deduplicated waiters all get it.
 #[derive(Debug, Clone)]
-enum PullError {
+pub(super) enum PullError {
     Task(TaskError),
     Lost,
     Died { node: NodeId, detail: String },
@@ -170,7 +167,7 @@ impl PullError {
     }
 }
 
-type Pulled = Result<(Arc<Sealed>, Vec<ObjectId>), PullError>;
+pub(super) type Pulled = Result<(Arc<Sealed>, Vec<ObjectId>), PullError>;
 
 /// A module being fetched and loaded, shared by the calls that need it.
 type ModuleLoad = Arc<OnceCell<Result<(), String>>>;
@@ -190,7 +187,14 @@ pub struct Cluster {
     members: Mutex<BTreeMap<u64, Member>>,
     peers: Mutex<HashMap<u64, Connection>>,
     dead: Mutex<HashMap<u64, String>>,
+    /// Pulls of this node's own results from their holders, shared per object.
     pulls: Mutex<HashMap<ObjectId, Arc<OnceCell<Pulled>>>>,
+    /// Local waits on objects other nodes own, until the core resolves them (`driver.rs`).
+    pub(super) waits: Mutex<HashMap<ObjectId, Vec<crate::net::driver::Wait>>>,
+    /// Objects fetched for the core, until it resolves them.
+    pub(super) fetched: Mutex<HashMap<ObjectId, ObjectWithRefs>>,
+    /// Why fetches failed, for the waiters' errors.
+    pub(super) fetch_errors: Mutex<HashMap<ObjectId, PullError>>,
     module_loads: Mutex<HashMap<ModuleId, ModuleLoad>>,
     modules_fetched: AtomicU64,
     bytes_pulled: AtomicU64,
@@ -308,6 +312,9 @@ impl Cluster {
             peers: Mutex::new(HashMap::new()),
             dead: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
+            waits: Mutex::new(HashMap::new()),
+            fetched: Mutex::new(HashMap::new()),
+            fetch_errors: Mutex::new(HashMap::new()),
             module_loads: Mutex::new(HashMap::new()),
             modules_fetched: AtomicU64::new(0),
             bytes_pulled: AtomicU64::new(0),
@@ -839,22 +846,26 @@ impl Cluster {
                     Some(ferry_core::Message::Done {
                         result,
                         outcome: ferry_core::Outcome::Inline { .. },
-                    }) if self.expects_inline(*result, from) => *result,
+                    }) if self.expects_inline(*result, from)
+                        && header.total_len <= ferry_core::tasks::INLINE_MAX
+                        && header.contained.is_empty() =>
+                    {
+                        *result
+                    }
                     _ => {
                         let r = Response::Error(
-                            "refused: only the inline result of a call placed on the sender \
-                             carries an object"
+                            "refused: only the inline result (at most 64 KiB, holding no refs) \
+                             of a call placed on the sender carries an object"
                                 .into(),
                         );
                         return reply(&mut send, &r, None).await;
                     }
                 };
+                // If the bytes do not arrive, the `Done` still goes to the core (the result
+                // then fails for want of them): a link never stalls behind one transfer.
                 match self.receive_object(&node, &header, &mut recv).await {
                     Ok(sealed) => self.attach(id, sealed),
-                    Err(e) => {
-                        let r = Response::Error(format!("the object did not arrive: {e}"));
-                        return reply(&mut send, &r, None).await;
-                    }
+                    Err(e) => tracing::debug!("inline result {id} from node {from} lost: {e}"),
                 }
                 self.arc().on_packet(from, identity, packet)
             }
@@ -872,9 +883,6 @@ impl Cluster {
                 }
                 None => Response::Error(format!("module {id} is not loaded here")),
             },
-            Request::Locate { id, wait_ms } => {
-                Response::Location(self.locate(&node, id, wait_ms).await)
-            }
             Request::Fetch(id) => {
                 return self.serve_fetch(&node, id, send).await;
             }
@@ -894,25 +902,6 @@ impl Cluster {
                 NodeId(info.id)
             )
         })
-    }
-
-    async fn locate(&self, node: &Arc<NodeInner>, id: ObjectId, wait_ms: u64) -> WireLocation {
-        let wait = Duration::from_millis(wait_ms.min(60_000));
-        node.objects
-            .wait_many(&[id], 1, Some(wait), WaitFlags::All)
-            .await;
-        match node.objects.state(id) {
-            None => WireLocation::Unknown,
-            Some(ObjectState::Pending) => WireLocation::Pending,
-            Some(ObjectState::Ready(_) | ObjectState::Spilled(_)) => {
-                WireLocation::At(vec![self.me.id])
-            }
-            Some(ObjectState::Remote { holder, .. }) => WireLocation::At(vec![holder.0]),
-            Some(ObjectState::Failed(e)) => WireLocation::Failed(proto::WireTaskError::from(&*e)),
-            Some(ObjectState::Lost { node, .. }) => WireLocation::Lost { node: node.0 },
-            // An owner never borrows its own objects.
-            Some(ObjectState::Borrowed) => WireLocation::Unknown,
-        }
     }
 
     async fn serve_fetch(
@@ -1044,6 +1033,11 @@ impl Cluster {
     // ---- pulling objects ----
 
     async fn pull(self: Arc<Self>, id: ObjectId, holder: Option<NodeId>) -> Pulled {
+        // Another node's object: the core asks its owner where it is and says where to fetch
+        // it from.
+        let Some(holder) = holder else {
+            return self.pull_via_core(id).await;
+        };
         let cell = self
             .pulls
             .lock()
@@ -1062,88 +1056,15 @@ impl Cluster {
         r
     }
 
-    async fn pull_once(&self, id: ObjectId, holder: Option<NodeId>) -> Pulled {
+    /// Pulls this node's own result from the node holding it.
+    async fn pull_once(&self, id: ObjectId, holder: NodeId) -> Pulled {
         let Some(node) = self.node() else {
             return Err(PullError::Unavailable("the node is stopping".into()));
         };
-        let holders = match holder {
-            Some(h) => vec![h.0],
-            None => self.locate_at_owner(id).await?,
-        };
-        let mut last = PullError::Lost;
-        for h in holders {
-            if h == self.me.id {
-                match node.objects.wait_ready(id, None).await {
-                    Ok(s) => return Ok((s, node.objects.contained(id))),
-                    Err(e) => {
-                        last = PullError::Unavailable(e.to_string());
-                        continue;
-                    }
-                }
-            }
-            match self.fetch_from(&node, h, id).await {
-                Ok(x) => return Ok(x),
-                Err(e) => {
-                    tracing::debug!("pulling {id} from node {} failed: {e:?}", NodeId(h));
-                    last = e;
-                }
-            }
-        }
-        Err(last)
+        self.fetch_from(&node, holder.0, id).await
     }
 
-    async fn locate_at_owner(&self, id: ObjectId) -> Result<Vec<u64>, PullError> {
-        let owner = id.owner();
-        loop {
-            let resp = self
-                .request(
-                    owner,
-                    &Request::Locate {
-                        id,
-                        wait_ms: 10_000,
-                    },
-                )
-                .await;
-            match resp {
-                Ok((Response::Location(loc), _)) => match loc {
-                    WireLocation::At(holders) => return Ok(holders),
-                    WireLocation::Pending => continue,
-                    WireLocation::Failed(e) => return Err(PullError::Task(e.into())),
-                    WireLocation::Unknown => return Err(PullError::Lost),
-                    WireLocation::Lost { node } => {
-                        return Err(PullError::Died {
-                            node: NodeId(node),
-                            detail: "it held the only copy".into(),
-                        });
-                    }
-                },
-                Ok((other, _)) => {
-                    return Err(PullError::Unavailable(format!(
-                        "owner {} answered {other:?}",
-                        NodeId(owner)
-                    )));
-                }
-                Err(NetError::Dead { node, reason }) => {
-                    return Err(PullError::Died {
-                        node,
-                        detail: reason,
-                    });
-                }
-                Err(NetError::UnknownNode(_)) => return Err(PullError::Lost),
-                Err(e @ (NetError::Refused { .. } | NetError::Protocol { .. })) => {
-                    return Err(PullError::Unavailable(e.to_string()));
-                }
-                Err(e) => {
-                    return Err(PullError::Died {
-                        node: NodeId(owner),
-                        detail: e.to_string(),
-                    });
-                }
-            }
-        }
-    }
-
-    async fn fetch_from(&self, node: &NodeInner, holder: u64, id: ObjectId) -> Pulled {
+    pub(super) async fn fetch_from(&self, node: &NodeInner, holder: u64, id: ObjectId) -> Pulled {
         let died = |detail: String| PullError::Died {
             node: NodeId(holder),
             detail,
@@ -1202,21 +1123,8 @@ impl RemoteObjects for Cluster {
         interest: Weak<ForeignWait>,
         done: Box<dyn FnOnce() + Send>,
     ) {
-        let c = self.arc();
-        self.net.spawn(async move {
-            let owner = id.owner();
-            while interest.strong_count() > 0 {
-                let req = Request::Locate { id, wait_ms: 1_000 };
-                match c.request(owner, &req).await {
-                    Ok((Response::Location(WireLocation::Pending), _)) => {}
-                    // Done, failed, gone, or the owner unreachable: a `get` tells which.
-                    _ => {
-                        done();
-                        return;
-                    }
-                }
-            }
-        });
+        // The owner's core answers once the object is complete: no polling.
+        self.watch_via_core(id, interest, done);
     }
 
     fn free_copy(&self, id: ObjectId, _holder: NodeId) {

@@ -6,8 +6,9 @@
 //! decided by the head from how long it has not heard from a node), calls placed on other
 //! nodes (`Run`, `Done`, the inline-or-held rule, calls lost with their node) and reference
 //! counts across nodes (borrows counted per holder at the owner, copies kept for owners, the
-//! borrow-before-release order). Locating and pulling objects still run in [`Cluster`]'s
-//! older code (`Locate`, `Fetch`).
+//! borrow-before-release order), and where objects are: a reader's core asks the owner's core
+//! (`Locate`), which answers once the object is complete, and says which holder to fetch the
+//! bytes from; this module moves the bytes (`Fetch`) and hands them to the waiters.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,10 +21,10 @@ use ferry_core::{
 };
 
 use crate::error::{TaskError, TaskErrorKind};
-use crate::net::cluster::{Cluster, busy, object_header, store_bytes};
+use crate::net::cluster::{Cluster, PullError, Pulled, busy, object_header, store_bytes};
 use crate::net::proto::{Member, NodeInfo, Request, Response, WireTaskError};
 use crate::node::NodeInner;
-use crate::objects::{Completed, ObjectState, ObjectTable, WaitFlags};
+use crate::objects::{Completed, ForeignWait, ObjectState, ObjectTable, WaitFlags};
 use crate::wasm::TaskSpec;
 
 /// No objects: for inputs that read none.
@@ -128,12 +129,7 @@ impl Cluster {
         spec: TaskSpec,
     ) -> Result<Option<TaskSpec>, String> {
         let (running, queued) = busy(node);
-        let core_spec = ferry_core::TaskSpec {
-            module: spec.module,
-            function: spec.function.clone(),
-            args: spec.args.clone(),
-            result: spec.result,
-        };
+        let core_spec = spec.clone();
         let mut placed = None;
         self.with_core(|core| {
             let p = core.submit(
@@ -205,7 +201,7 @@ impl Cluster {
 
     /// Runs a call the core accepted from `owner`, keeping its result here for the owner
     /// (one count, given back by the core's `Unhold`), and reports how it ended.
-    fn run_for_peer(self: &Arc<Self>, spec: ferry_core::TaskSpec, owner: NodeId) {
+    fn run_for_peer(self: &Arc<Self>, spec: TaskSpec, owner: NodeId) {
         let c = self.clone();
         self.runtime_handle().spawn(async move {
             let Some(node) = c.node() else {
@@ -234,20 +230,19 @@ impl Cluster {
                 let _ = c.events.send(LocalEvent::TaskFinished { result, finished });
                 return;
             }
-            let spec = TaskSpec {
-                module: spec.module,
-                function: spec.function,
-                args: spec.args,
-                result,
-            };
+            // One count held for the owner (until the core's `Unhold`), one for the task; never
+            // over an entry in use (checked again: the module load above may have taken a while).
+            if !node.objects.insert_pending_new(result, 2) {
+                let finished = failed(format!("the result id {result} is already in use here"));
+                let _ = c.events.send(LocalEvent::TaskFinished { result, finished });
+                return;
+            }
+            node.objects.mark_hosted(result);
             // The arguments are counted by their owners; objects this node owns are counted
             // here too, balancing the release when the call finishes.
             for id in spec.held_refs() {
                 node.objects.retain(id);
             }
-            // One count held for the owner (until the core's `Unhold`), one for the task.
-            node.objects.insert_pending(result, 2);
-            node.objects.mark_hosted(result);
             node.tasks_submitted.fetch_add(1, Ordering::Relaxed);
             let n = node.clone();
             let ran = node.handle.spawn(async move {
@@ -381,6 +376,17 @@ impl Cluster {
                     );
                 }
                 Output::NodeDead { node, reason } => self.node_lost(node.0, &reason),
+                // A node that has just joined is not in every table yet: its messages are
+                // repeated, so this is no news.
+                Output::Refused {
+                    from,
+                    what,
+                    reason: reason @ ferry_core::membership::Refusal::NotAMember,
+                } => tracing::debug!(
+                    "refused {what} from node {} (certificate {}): {reason:?}",
+                    from.node,
+                    from.identity.cert
+                ),
                 Output::Refused { from, what, reason } => tracing::warn!(
                     "refused {what} from node {} (certificate {}): {reason:?}",
                     from.node,
@@ -388,8 +394,8 @@ impl Cluster {
                 ),
                 // Objects of a dead owner: `node_lost` marks them (`ObjectTable::lose_node`).
                 Output::Lost { .. } => {}
-                // Pulls still run in `Cluster` (`Locate`, `Fetch`); the core is not asked.
-                Output::Fetch { .. } | Output::Resolved { .. } => {}
+                Output::Fetch { id, from } => self.fetch_for_core(id, from),
+                Output::Resolved { id, resolution } => self.resolved(id, resolution),
             }
         }
         self.sync_members();
@@ -502,6 +508,151 @@ impl Cluster {
 }
 
 // ---- calls and reference counts through the core ----
+
+/// A local wait on another node's object, until the core resolves it.
+pub(crate) enum Wait {
+    /// A pull: the object's bytes (and the refs it contains), or why not.
+    Fetch(tokio::sync::oneshot::Sender<Pulled>),
+    /// A `wait`: called once the object is complete (or failed, or gone), unless the waiter
+    /// left.
+    Watch(std::sync::Weak<ForeignWait>, Box<dyn FnOnce() + Send>),
+}
+
+impl std::fmt::Debug for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fetch(_) => "Wait::Fetch",
+            Self::Watch(..) => "Wait::Watch",
+        })
+    }
+}
+
+impl Cluster {
+    /// Pulls another node's object: the core locates it at its owner and says where to
+    /// fetch it from.
+    pub(super) async fn pull_via_core(self: &Arc<Self>, id: ObjectId) -> Pulled {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .push(Wait::Fetch(tx));
+        let _ = self.events.send(LocalEvent::Want { id, fetch: true });
+        rx.await
+            .unwrap_or_else(|_| Err(PullError::Unavailable("the node is stopping".into())))
+    }
+
+    /// Calls `done` once another node's object is complete, as its owner's core says.
+    pub(super) fn watch_via_core(
+        &self,
+        id: ObjectId,
+        interest: std::sync::Weak<ForeignWait>,
+        done: Box<dyn FnOnce() + Send>,
+    ) {
+        self.waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .push(Wait::Watch(interest, done));
+        let _ = self.events.send(LocalEvent::Want { id, fetch: false });
+    }
+
+    /// Fetches the bytes the core asked for, and tells it how that went.
+    fn fetch_for_core(self: &Arc<Self>, id: ObjectId, from: NodeId) {
+        let c = self.clone();
+        self.runtime_handle().spawn(async move {
+            let Some(node) = c.node() else {
+                return;
+            };
+            let result = match c.fetch_from(&node, from.0, id).await {
+                Ok(x) => {
+                    c.fetched
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, x);
+                    Ok(())
+                }
+                Err(e) => {
+                    let detail = format!("{e:?}");
+                    c.fetch_errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, e);
+                    Err(detail)
+                }
+            };
+            let _ = c.events.send(LocalEvent::Fetched { id, from, result });
+        });
+    }
+
+    /// The core resolved a want: hand the object (or the reason) to whoever waits for it.
+    fn resolved(&self, id: ObjectId, resolution: ferry_core::Resolution) {
+        let fetched = self
+            .fetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let error = self
+            .fetch_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let waiters = self
+            .waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+            .unwrap_or_default();
+        let mut still = Vec::new();
+        for w in waiters {
+            match (w, &resolution) {
+                (Wait::Watch(interest, done), _) => {
+                    if interest.strong_count() > 0 {
+                        done();
+                    }
+                }
+                (Wait::Fetch(tx), ferry_core::Resolution::Ready) => match &fetched {
+                    Some(x) => {
+                        let _ = tx.send(Ok(x.clone()));
+                    }
+                    // A watch's want ended before this pull's own was taken: that one
+                    // follows and fetches.
+                    None => still.push(Wait::Fetch(tx)),
+                },
+                (Wait::Fetch(tx), ferry_core::Resolution::Failed(f)) => {
+                    let e = error.clone().unwrap_or_else(|| pull_error(f));
+                    let _ = tx.send(Err(e));
+                }
+            }
+        }
+        if !still.is_empty() {
+            self.waits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(id)
+                .or_default()
+                .extend(still);
+        }
+    }
+}
+
+/// Why a want failed, as a pull error.
+fn pull_error(f: &Failure) -> PullError {
+    match f {
+        Failure::Task(bytes) => match postcard::from_bytes::<WireTaskError>(bytes) {
+            Ok(w) => PullError::Task(w.into()),
+            Err(e) => PullError::Unavailable(format!("its error does not decode: {e}")),
+        },
+        Failure::NodeDied { node, detail } => PullError::Died {
+            node: *node,
+            detail: detail.clone(),
+        },
+        Failure::Refused(why) => PullError::Unavailable(why.clone()),
+        Failure::Gone => PullError::Lost,
+    }
+}
 
 /// The core's view of the local object table.
 pub(super) struct TableView<'a>(pub(super) &'a ObjectTable);

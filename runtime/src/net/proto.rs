@@ -92,24 +92,6 @@ pub struct WireObject {
     pub total_len: u64,
 }
 
-/// Where an object is, as its owner knows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum WireLocation {
-    /// Held by these nodes (the owner first if it holds it).
-    At(Vec<u64>),
-    /// Its task failed.
-    Failed(WireTaskError),
-    /// The owner does not know it (freed, or never made).
-    Unknown,
-    /// It was held only by a node that died.
-    Lost {
-        /// The dead node.
-        node: u64,
-    },
-    /// Still being computed after the wait the request asked for.
-    Pending,
-}
-
 /// A request: the first frame on a stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
@@ -123,14 +105,6 @@ pub enum Request {
     Members,
     /// The bytes of a module. Answered with `Module` and the bytes.
     Module(ModuleId),
-    /// Where an object is; the owner waits up to `wait_ms` for a pending one. Answered with
-    /// `Location`.
-    Locate {
-        /// The object.
-        id: ObjectId,
-        /// How long to wait for a pending object, in milliseconds.
-        wait_ms: u64,
-    },
     /// An object's bytes. Answered with `Object` and the bytes.
     Fetch(ObjectId),
     /// A core message carrying an object: the inline result of a call (`Done` with
@@ -152,8 +126,6 @@ pub enum Response {
     },
     /// An object's header; its bytes follow.
     Object(WireObject),
-    /// Where an object is.
-    Location(WireLocation),
     /// Done.
     Ack,
     /// The request could not be served.
@@ -425,10 +397,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip() {
-        let r = Request::Locate {
-            id: ObjectId::new(7, 9),
-            wait_ms: 5,
-        };
+        let r = Request::Fetch(ObjectId::new(7, 9));
         assert_eq!(decode_frame::<Request>(&encode_frame(&r)).unwrap(), r);
     }
 

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use ferry_abi::ObjectId;
 use ferry_abi::abi::{self, CallArg, fail_kind};
-use ferry_abi::{ModuleId, ObjectId};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::error::{GetError, TaskError, TaskErrorKind};
@@ -18,37 +18,8 @@ use crate::wasm::host::{GuestFailure, HOST_FAILURE, TaskState};
 use crate::wasm::module::LoadedModule;
 
 /// Everything needed to run (and, later, to re-run) a call: Ray's task spec, kept as lineage.
-#[derive(Debug, Clone)]
-pub struct TaskSpec {
-    /// The module.
-    pub module: ModuleId,
-    /// The function.
-    pub function: String,
-    /// The arguments.
-    pub args: Vec<CallArg>,
-    /// The object the result goes to.
-    pub result: ObjectId,
-}
-
-impl TaskSpec {
-    /// Every ref the task holds while it waits and runs: top-level refs and refs inside
-    /// values.
-    pub fn held_refs(&self) -> Vec<ObjectId> {
-        Self::refs_of(&self.args)
-    }
-
-    /// Every ref in an argument list.
-    pub fn refs_of(args: &[CallArg]) -> Vec<ObjectId> {
-        let mut out = Vec::new();
-        for a in args {
-            match a {
-                CallArg::Value { refs, .. } => out.extend_from_slice(refs),
-                CallArg::Object(id) => out.push(*id),
-            }
-        }
-        out
-    }
-}
+/// The distributed core's type: the same spec travels in a `Run`.
+pub use ferry_core::TaskSpec;
 
 /// Runs `spec` on `node` to completion and records the outcome in the object table.
 pub async fn run_task(node: Arc<NodeInner>, spec: TaskSpec) {
