@@ -53,6 +53,9 @@ pub struct Membership {
     heartbeat: Duration,
     dead_after: Duration,
     load: Load,
+    /// Counts changes of the table (joins, reports, tables received, deaths), so a driver
+    /// copies the table only when it changed.
+    version: u64,
 }
 
 /// What a membership change means for the rest of the core.
@@ -81,7 +84,13 @@ impl Membership {
             heartbeat,
             dead_after,
             load: Load::default(),
+            version: 0,
         }
+    }
+
+    /// Grows whenever the table may have changed.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// This node.
@@ -184,6 +193,7 @@ impl Membership {
         deaths: &mut Vec<Death>,
     ) -> Result<Option<Message>, Refusal> {
         self.check_sender(from)?;
+        self.version += 1;
         match msg {
             Message::Hello(info) => {
                 if !self.is_head() {
@@ -346,6 +356,7 @@ impl Membership {
     /// Returns the message to send to the head, if any.
     pub fn on_timeout(&mut self, now: Instant, deaths: &mut Vec<Death>) -> Option<Message> {
         if self.is_head() {
+            let before = deaths.len();
             for (id, r) in self.rows.iter_mut() {
                 if r.member.alive && r.last_heard + self.dead_after <= now {
                     let reason = format!(
@@ -360,6 +371,9 @@ impl Membership {
             // Dead drivers are forgotten once reported; dead nodes stay listed as dead.
             self.rows
                 .retain(|_, r| r.member.alive || r.member.info.worker);
+            if deaths.len() > before {
+                self.version += 1;
+            }
             return None;
         }
         match self.next_report {

@@ -220,6 +220,8 @@ pub struct Cluster {
     pub(super) joined: tokio::sync::Notify,
     /// Whether "cannot reach the head" was logged since the head last answered.
     pub(super) head_warned: AtomicBool,
+    /// The core's table version last copied into `members` (`driver.rs`).
+    pub(super) members_version: AtomicU64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -328,6 +330,7 @@ impl Cluster {
             core_changed: tokio::sync::Notify::new(),
             joined: tokio::sync::Notify::new(),
             head_warned: AtomicBool::new(false),
+            members_version: AtomicU64::new(u64::MAX),
         });
         {
             let c = cluster.clone();
@@ -867,10 +870,10 @@ impl Cluster {
                     Ok(sealed) => self.attach(id, sealed),
                     Err(e) => tracing::debug!("inline result {id} from node {from} lost: {e}"),
                 }
-                self.arc().on_packet(from, identity, packet)
+                self.arc().on_packets(from, identity, vec![packet])
             }
-            Request::Packet(packet) => match (peer.get(), peer_identity(conn)) {
-                (Some(&from), Ok(identity)) => self.arc().on_packet(from, identity, packet),
+            Request::Packets(packets) => match (peer.get(), peer_identity(conn)) {
+                (Some(&from), Ok(identity)) => self.arc().on_packets(from, identity, packets),
                 (_, Err(e)) => Response::Error(format!("refused: {e}")),
                 (None, _) => Response::Error("refused: a connection says Hello first".into()),
             },

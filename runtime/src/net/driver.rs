@@ -64,33 +64,43 @@ impl Cluster {
 
     /// Runs `f` on the core (if it has started), then carries out what it output.
     fn with_core(self: &Arc<Self>, f: impl FnOnce(&mut NodeCore)) {
-        let outputs: Vec<Output> = {
+        let (outputs, version) = {
             let mut guard = self.lock_core();
             let Some(core) = guard.as_mut() else {
                 return;
             };
             f(core);
-            std::iter::from_fn(|| core.poll_output()).collect()
+            let outputs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
+            (outputs, core.membership().version())
         };
         self.carry_out(outputs);
+        // The table is copied only when it changed (not on every call's packets).
+        if self.members_version.swap(version, Ordering::Relaxed) != version {
+            self.sync_members();
+        }
     }
 
-    /// A packet a peer sent (`from` is the id its connection said `Hello` as, checked then
+    /// Packets a peer sent (`from` is the id its connection said `Hello` as, checked then
     /// against its certificate; the core checks it again).
-    pub(super) fn on_packet(
+    pub(super) fn on_packets(
         self: &Arc<Self>,
         from: u64,
         identity: ferry_core::Identity,
-        packet: Packet,
+        packets: Vec<Packet>,
     ) -> Response {
         let sender = Sender {
             node: NodeId(from),
             identity,
         };
         let node = self.node();
-        self.with_core(|core| match &node {
-            Some(n) => core.handle_packet(Instant::now(), sender, packet, &TableView(&n.objects)),
-            None => core.handle_packet(Instant::now(), sender, packet, &NoObjects),
+        self.with_core(|core| {
+            for packet in packets {
+                let now = Instant::now();
+                match &node {
+                    Some(n) => core.handle_packet(now, sender, packet, &TableView(&n.objects)),
+                    None => core.handle_packet(now, sender, packet, &NoObjects),
+                }
+            }
         });
         // Bytes that came with a message the link holds back for ordering wait for it; bytes
         // nobody expects any more go.
@@ -303,7 +313,7 @@ impl Cluster {
         node.objects.complete(id, outcome, &spec.held_refs());
     }
 
-    /// Sends a packet, with the bytes of `attach` after it.
+    /// Sends a packet, with the bytes of `attach` after it, on a stream of its own.
     fn send_packet(self: &Arc<Self>, to: NodeId, packet: Packet, attach: Option<ObjectId>) {
         let c = self.clone();
         self.runtime_handle().spawn(async move {
@@ -321,23 +331,31 @@ impl Cluster {
                     let req = Request::PacketWithObject(packet, header);
                     c.request_with(to.0, &req, Some(store_bytes(sealed))).await
                 }
-                None => c.request(to.0, &Request::Packet(packet)).await.map(|_| ()),
+                None => c
+                    .request(to.0, &Request::Packets(vec![packet]))
+                    .await
+                    .map(|_| ()),
             };
-            if to.0 != c.head_id() {
-                if let Err(e) = sent {
-                    tracing::debug!("a message to node {to} was not delivered: {e}");
-                }
-                return;
-            }
-            // Loud once when the head cannot be reached, quiet again once it can.
-            match sent {
-                Ok(()) => c.head_warned.store(false, Ordering::Relaxed),
-                Err(e) if !c.head_warned.swap(true, Ordering::Relaxed) => {
-                    tracing::warn!("cannot report to the head: {e}");
-                }
-                Err(_) => {}
-            }
+            c.report_sent(to, sent);
         });
+    }
+
+    /// Logs a send that failed: quietly for a peer (the core repeats what matters), loudly
+    /// once for the head, and quiet again once the head answers.
+    fn report_sent(&self, to: NodeId, sent: Result<(), crate::net::cluster::NetError>) {
+        if to.0 != self.head_id() {
+            if let Err(e) = sent {
+                tracing::debug!("a message to node {to} was not delivered: {e}");
+            }
+            return;
+        }
+        match sent {
+            Ok(()) => self.head_warned.store(false, Ordering::Relaxed),
+            Err(e) if !self.head_warned.swap(true, Ordering::Relaxed) => {
+                tracing::warn!("cannot report to the head: {e}");
+            }
+            Err(_) => {}
+        }
     }
 
     fn carry_out(self: &Arc<Self>, outputs: Vec<Output>) {
@@ -398,7 +416,6 @@ impl Cluster {
                 Output::Resolved { id, resolution } => self.resolved(id, resolution),
             }
         }
-        self.sync_members();
         self.core_changed.notify_one();
     }
 

@@ -97,10 +97,11 @@ pub struct WireObject {
 pub enum Request {
     /// The first request on every connection: who is calling. Answered with `Welcome`.
     Hello(NodeInfo),
-    /// A message of the distributed core (`ferry_core::Message` with its link numbers):
-    /// joining, heartbeats, the head's node table, calls (`Run`, `Done`) and reference counts
-    /// (`Borrow`, `Release`, `FreeCopy`). Answered with `Ack`.
-    Packet(ferry_core::Packet),
+    /// Messages of the distributed core (`ferry_core::Message` with its link numbers), in
+    /// the order they were sent: joining, heartbeats, the head's node table, calls (`Run`,
+    /// `Done`), reference counts (`Borrow`, `Release`, `FreeCopy`) and locations (`Locate`,
+    /// `Location`). Answered with `Ack`.
+    Packets(Vec<ferry_core::Packet>),
     /// The node table. Answered with `Members`.
     Members,
     /// The bytes of a module. Answered with `Module` and the bytes.
