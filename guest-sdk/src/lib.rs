@@ -21,7 +21,8 @@
 //! ```
 //!
 //! Arguments and results are any serde types (owned: `DeserializeOwned` parameters,
-//! `Serialize` results). A function returning `Result<T, E>` with `E: Serialize + Display`
+//! `Serialize + DeserializeOwned` results, since the manifest traces them). A function
+//! returning `Result<T, E>` with `E: Serialize + DeserializeOwned + Display`
 //! produces an `ObjectRef<T>`; an `Err(e)` becomes a task error whose cause is `e`. A panic
 //! becomes a task error carrying the panic message.
 //!

@@ -8,9 +8,11 @@ use syn::{FnArg, ItemFn, Pat, ReturnType, Type, parse_macro_input, spanned::Span
 /// Makes a function callable by ferry.
 ///
 /// The function must be a plain (non-async, non-generic) free function. Its parameters must be
-/// `serde::de::DeserializeOwned` and its result `serde::Serialize`. A result type whose last
-/// path segment is `Result` is treated as `Result<T, E>`: the ref holds `T`, an `Err(e)`
-/// (`E: Serialize + Display`) fails the task with `e` as its cause.
+/// `serde::de::DeserializeOwned` and its result `serde::Serialize + DeserializeOwned` (the
+/// manifest traces it). A result type whose last path segment is `Result` is treated as
+/// `Result<T, E>`: the ref holds `T`, an `Err(e)` (`E: Serialize + DeserializeOwned +
+/// Display`) fails the task with `e` as its cause. (`io::Result<T>` and `anyhow::Result<T>`
+/// do not compile: their error types are not serde types; an alias of your own does.)
 ///
 /// Besides the function itself this generates, for a function `add`:
 /// - the Wasm exports `__ferry_fn_add` (the shim the host calls) and `__ferry_sig_add` (its
