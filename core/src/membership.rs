@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::ids::{Identity, NodeId, Role, Sender};
+use crate::ids::{NodeId, Role, Sender};
 
 /// Rows the head keeps at most (live members and dead nodes); a `Hello` beyond is refused.
 pub const MAX_MEMBERS: usize = 4096;
@@ -137,11 +137,6 @@ impl Membership {
             all.sort_by_key(|m| m.info.id);
         }
         all
-    }
-
-    /// A member's row, if it is one.
-    pub fn member(&self, id: NodeId) -> Option<&Member> {
-        self.rows.get(&id).map(|r| &r.member)
     }
 
     /// Whether `id` is a live member (this node counts).
@@ -394,19 +389,5 @@ impl Membership {
         if !self.is_head() {
             self.next_report = Some(now);
         }
-    }
-
-    /// The role a verified identity has in this cluster, for checks elsewhere in the core.
-    pub fn is_worker(&self, id: NodeId) -> bool {
-        (id == self.me.id && self.me.worker)
-            || self
-                .rows
-                .get(&id)
-                .is_some_and(|r| r.member.alive && r.member.info.worker)
-    }
-
-    /// The identity rules as a function, for documentation and tests.
-    pub fn may_join_as_worker(identity: &Identity) -> bool {
-        identity.role == Role::Node
     }
 }

@@ -88,11 +88,6 @@ impl Refs {
         }
     }
 
-    /// Whether this node borrows `id`.
-    pub fn borrows(&self, id: ObjectId) -> bool {
-        self.borrowed.contains(&id)
-    }
-
     /// The owner acknowledged a borrow.
     pub fn borrow_acked(&mut self, owner: NodeId, id: ObjectId) {
         if let Some(order) = self
@@ -129,11 +124,6 @@ impl Refs {
     /// Keeps a copy of `id` for its owner.
     pub fn host(&mut self, id: ObjectId) {
         self.hosted.insert(id);
-    }
-
-    /// Whether this node keeps a copy of `id` for its owner.
-    pub fn hosts(&self, id: ObjectId) -> bool {
-        self.hosted.contains(&id)
     }
 
     /// The owner (`from`) freed `id`: the copy kept for it goes, once.
@@ -190,14 +180,6 @@ impl Refs {
             return Ok(Some(Effect::Unhold(id)));
         }
         Ok(None)
-    }
-
-    /// Nodes holding borrows of `id`.
-    pub fn borrowers_of(&self, id: ObjectId) -> impl Iterator<Item = NodeId> + '_ {
-        self.borrowers
-            .get(&id)
-            .into_iter()
-            .flat_map(|h| h.keys().copied())
     }
 
     /// Whether `node` borrows `id` (it may then read it).

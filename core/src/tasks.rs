@@ -122,19 +122,9 @@ impl Tasks {
         self.inline_sent.insert(result, owner);
     }
 
-    /// Whether an inline result sent for `result` waits for its acknowledgement.
-    pub fn inline_unacked(&self, result: ObjectId) -> bool {
-        self.inline_sent.contains_key(&result)
-    }
-
     /// The owner acknowledged an inline result: the copy may go.
     pub fn inline_acked(&mut self, result: ObjectId) -> bool {
         self.inline_sent.remove(&result).is_some()
-    }
-
-    /// Whether `owner` is the one a call with this result runs for.
-    pub fn runs_for(&self, result: ObjectId) -> Option<NodeId> {
-        self.for_peers.get(&result).copied()
     }
 
     /// Figures: (placed elsewhere, running for peers, inline results unacknowledged).

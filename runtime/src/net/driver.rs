@@ -658,8 +658,8 @@ impl Cluster {
 /// Why a want failed, as a pull error.
 fn pull_error(f: &Failure) -> PullError {
     match f {
-        Failure::Task(bytes) => match postcard::from_bytes::<WireTaskError>(bytes) {
-            Ok(w) => PullError::Task(w.into()),
+        Failure::Task(bytes) => match decode_error(bytes) {
+            Ok(e) => PullError::Task(e),
             Err(e) => PullError::Unavailable(format!("its error does not decode: {e}")),
         },
         Failure::NodeDied { node, detail } => PullError::Died {
@@ -698,6 +698,12 @@ pub(super) fn encode_error(e: &TaskError) -> Vec<u8> {
     postcard::to_allocvec(&WireTaskError::from(e)).unwrap_or_default()
 }
 
+/// A task error from the bytes the core carries (`encode_error`'s output, from a peer: it
+/// may not decode).
+fn decode_error(bytes: &[u8]) -> Result<TaskError, postcard::Error> {
+    postcard::from_bytes::<WireTaskError>(bytes).map(TaskError::from)
+}
+
 /// A failure the core reports for a call of `function` placed on `at`, as a task error.
 pub(super) fn task_error(f: Failure, function: &str, at: NodeId) -> TaskError {
     let host = |detail: String| TaskError {
@@ -706,10 +712,8 @@ pub(super) fn task_error(f: Failure, function: &str, at: NodeId) -> TaskError {
         kind: TaskErrorKind::Host { detail },
     };
     match f {
-        Failure::Task(bytes) => match postcard::from_bytes::<WireTaskError>(&bytes) {
-            Ok(w) => w.into(),
-            Err(e) => host(format!("node {at} sent an error that does not decode: {e}")),
-        },
+        Failure::Task(bytes) => decode_error(&bytes)
+            .unwrap_or_else(|e| host(format!("node {at} sent an error that does not decode: {e}"))),
         Failure::NodeDied { node, detail } => TaskError {
             function: function.to_owned(),
             node,
