@@ -34,6 +34,7 @@ use crate::net::cluster::ClusterOptions;
 use crate::net::proto::Member;
 use crate::net::tls::Credentials;
 use crate::node::{Node, NodeError, NodeInner, NodeStats};
+pub use crate::objects::ObjectLocation;
 use crate::objects::{ObjectState, WaitFlags};
 use crate::wasm::LoadedModule;
 
@@ -110,7 +111,7 @@ impl Client {
     /// cached on disk for the next start.
     pub fn load(&self, wasm: &[u8]) -> Result<ModuleHandle, ModuleError> {
         let inner = self.inner();
-        let loaded = match inner.modules.get(&crate::wasm::module_id(wasm)) {
+        let loaded = match inner.modules.get(&crate::ids::module_id(wasm)) {
             Some(m) => m,
             None => {
                 let node = inner.clone();
@@ -222,14 +223,8 @@ impl Client {
                 None,
             )),
             Some(ObjectState::Failed(e)) => Some(Err(GetError::Task((*e).clone()))),
-            // Pending: wait; spilled: `wait_ready` reads it back; remote: pulled.
-            Some(
-                ObjectState::Pending
-                | ObjectState::Spilled(_)
-                | ObjectState::Remote { .. }
-                | ObjectState::Borrowed
-                | ObjectState::Lost { .. },
-            ) => None,
+            // Pending: wait; spilled: `wait_ready` reads it back; elsewhere: pulled.
+            Some(ObjectState::Pending | ObjectState::Spilled(_) | ObjectState::Elsewhere) => None,
         }
     }
 
@@ -348,16 +343,7 @@ impl Client {
 
     /// Where the object is now, or `None` if it has been freed.
     pub fn location<T>(&self, r: &ObjectRef<T>) -> Option<ObjectLocation> {
-        Some(match self.inner().objects.state(r.id())? {
-            ObjectState::Pending => ObjectLocation::Pending,
-            ObjectState::Ready(_) => ObjectLocation::Memory,
-            ObjectState::Spilled(_) => ObjectLocation::Disk,
-            ObjectState::Failed(_) => ObjectLocation::Failed,
-            ObjectState::Remote { holder, .. } => ObjectLocation::Node(holder),
-            // Another node's object: its owner knows where it is.
-            ObjectState::Borrowed => ObjectLocation::Node(NodeId(r.id().owner())),
-            ObjectState::Lost { node, .. } => ObjectLocation::Lost(node),
-        })
+        self.inner().objects.location(r.id())
     }
 
     /// The size of the store's backing file, read from its open descriptor (for tests that
@@ -366,23 +352,6 @@ impl Client {
     pub fn store_file_len(&self) -> std::io::Result<u64> {
         self.inner().objects.store().file_len()
     }
-}
-
-/// Where an object is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ObjectLocation {
-    /// Its task has not finished.
-    Pending,
-    /// In the node's memory (the object store).
-    Memory,
-    /// Spilled to disk; a `get` reads it back.
-    Disk,
-    /// Its task failed.
-    Failed,
-    /// On another node of the cluster (which ran its task); a `get` pulls a copy.
-    Node(NodeId),
-    /// Its only copy was on a node that died.
-    Lost(NodeId),
 }
 
 /// Splits `refs` by `flags` into at most `num_ready` ready refs and the rest, keeping order.
@@ -471,7 +440,7 @@ impl ModuleHandle {
         function: &str,
         args: impl UntypedArgs,
     ) -> Result<ObjectRef<R>, CallError> {
-        let mut sink = HostArgSink::new(self.client.inner());
+        let mut sink = HostArgSink::new(&self.client.inner().objects, &self.client.inner().ids);
         args.encode_args(&mut sink);
         self.submit(function, sink)
     }
@@ -565,7 +534,10 @@ impl<P, R> TypedFunction<P, R> {
     /// Calls the function and returns at once with a ref to its result. Each argument is the
     /// parameter's type, or an `ObjectRef` to one (resolved to its value before the call).
     pub fn call<A: IntoArgs<P>>(&self, args: A) -> Result<ObjectRef<R>, CallError> {
-        let mut sink = HostArgSink::new(self.module.client.inner());
+        let mut sink = HostArgSink::new(
+            &self.module.client.inner().objects,
+            &self.module.client.inner().ids,
+        );
         args.encode_args(&mut sink);
         self.module.submit(self.name, sink)
     }

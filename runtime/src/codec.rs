@@ -17,8 +17,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{GetError, PutError, StoreError};
+use crate::ids::IdGenerator;
 use crate::ids::NodeId;
-use crate::node::NodeInner;
 use crate::objects::ObjectTable;
 use crate::store::{Block, Layout, Sealed};
 
@@ -60,7 +60,38 @@ fn owners() -> std::sync::RwLockReadGuard<'static, Owners> {
 /// Which table of this process counts the handles of each object owned outside it (and
 /// borrows it from its owner). Chosen once per id, so that a handle's retain and release
 /// always meet the same table even when the process runs several cluster nodes (drivers).
-static BORROWERS: Mutex<BTreeMap<ObjectId, Weak<ObjectTable>>> = Mutex::new(BTreeMap::new());
+/// A choice stands while that table has an entry for the id (while it does, this process's
+/// handles are counted there); once the entry is freed no handle counted there is left, so
+/// the next handle may choose again, and stale choices are pruned as the map grows.
+static BORROWERS: Mutex<Borrowers> = Mutex::new(Borrowers {
+    chosen: BTreeMap::new(),
+    prune_at: 1024,
+});
+
+struct Borrowers {
+    chosen: BTreeMap<ObjectId, Weak<ObjectTable>>,
+    /// When the map reaches this size, stale choices are dropped (then twice what is left,
+    /// so pruning costs O(1) per choice).
+    prune_at: usize,
+}
+
+impl Borrowers {
+    fn current(&self, id: ObjectId) -> Option<Arc<ObjectTable>> {
+        self.chosen
+            .get(&id)
+            .and_then(Weak::upgrade)
+            .filter(|t| t.contains(id))
+    }
+
+    fn choose(&mut self, id: ObjectId, table: &Arc<ObjectTable>) {
+        self.chosen.insert(id, Arc::downgrade(table));
+        if self.chosen.len() >= self.prune_at {
+            self.chosen
+                .retain(|id, t| t.upgrade().is_some_and(|t| t.contains(*id)));
+            self.prune_at = (self.chosen.len() * 2).max(1024);
+        }
+    }
+}
 
 /// The table that counts `id`: its owner's, if the owner is in this process; else the table
 /// that borrows it for this process's handles (the one decoding the value that holds it, if
@@ -74,7 +105,7 @@ fn table_for(id: ObjectId) -> Option<Arc<ObjectTable>> {
         }
     }
     let mut borrowers = BORROWERS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(t) = borrowers.get(&id).and_then(Weak::upgrade) {
+    if let Some(t) = borrowers.current(id) {
         return Some(t);
     }
     let decoding = DECODING.with(|d| d.borrow().as_ref().map(|s| s.table.clone()));
@@ -84,19 +115,8 @@ fn table_for(id: ObjectId) -> Option<Arc<ObjectTable>> {
             .filter_map(|(_, t)| t.upgrade())
             .find(|t| t.is_foreign(id))
     })?;
-    borrowers.insert(id, Arc::downgrade(&table));
+    borrowers.choose(id, &table);
     Some(table)
-}
-
-/// `table` no longer borrows `id`: later handles may pick another table.
-pub fn forget_borrow(id: ObjectId, table: &ObjectTable) {
-    let mut borrowers = BORROWERS.lock().unwrap_or_else(|e| e.into_inner());
-    if borrowers
-        .get(&id)
-        .is_some_and(|t| std::ptr::eq(t.as_ptr(), table))
-    {
-        borrowers.remove(&id);
-    }
 }
 
 fn hook_retain(id: ObjectId) {
@@ -412,7 +432,9 @@ pub fn encode_into_store<T: Serialize + ?Sized>(
 /// passed by ref, which the function sees as the value.
 #[derive(Debug)]
 pub struct HostArgSink<'a> {
-    node: &'a NodeInner,
+    objects: &'a ObjectTable,
+    /// Ids for arguments stored as objects of their own.
+    ids: &'a IdGenerator,
     /// The arguments so far.
     pub args: Vec<CallArg>,
     /// The first argument that did not encode (1-based position and the error).
@@ -420,10 +442,12 @@ pub struct HostArgSink<'a> {
 }
 
 impl<'a> HostArgSink<'a> {
-    /// An empty argument list for a call on `node`.
-    pub fn new(node: &'a NodeInner) -> Self {
+    /// An empty argument list for a call on the node of `objects`, whose ids come from
+    /// `ids`.
+    pub fn new(objects: &'a ObjectTable, ids: &'a IdGenerator) -> Self {
         Self {
-            node,
+            objects,
+            ids,
             args: Vec::new(),
             error: None,
         }
@@ -431,9 +455,8 @@ impl<'a> HostArgSink<'a> {
 
     /// Releases the counts the arguments took (the call is not going ahead).
     pub fn abandon(self) {
-        self.node
-            .objects
-            .release_all(&crate::wasm::TaskSpec::refs_of(&self.args));
+        self.objects
+            .release_all(&ferry_core::TaskSpec::refs_of(&self.args));
     }
 
     fn fail(&mut self, e: PutError) {
@@ -447,12 +470,12 @@ impl<'a> HostArgSink<'a> {
     }
 
     fn push_value<T: Serialize + ?Sized>(&mut self, value: &T, untyped: bool) {
-        let objects = &self.node.objects;
+        let objects = self.objects;
         match encode(value) {
             Ok((_, _, buffers)) if buffers > 0 => {
                 match encode_into_store(|l| objects.allocate(l), value) {
                     Ok((sealed, refs)) => {
-                        let id = self.node.ids.next();
+                        let id = self.ids.next();
                         // The object's one count belongs to the argument.
                         objects.insert_ready(id, sealed, refs, 1);
                         self.args.push(CallArg::Object(id));
@@ -484,7 +507,7 @@ impl ArgSink for HostArgSink<'_> {
     }
 
     fn object(&mut self, id: ObjectId) {
-        self.node.objects.retain(id);
+        self.objects.retain(id);
         self.args.push(CallArg::Object(id));
     }
 

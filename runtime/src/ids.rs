@@ -53,3 +53,8 @@ impl IdGenerator {
         ObjectId::new(self.owner.0, self.next.fetch_add(1, Ordering::Relaxed))
     }
 }
+
+/// The module id of `wasm`.
+pub fn module_id(wasm: &[u8]) -> ferry_abi::ModuleId {
+    ferry_abi::ModuleId(*blake3::hash(wasm).as_bytes())
+}

@@ -13,7 +13,9 @@ use crate::config::NodeConfig;
 use crate::error::{CallError, StoreError};
 use crate::ids::{IdGenerator, NodeId};
 use crate::net::cluster::{Cluster, ClusterOptions, NetError};
-use crate::objects::{ObjectTable, TableStats};
+use crate::net::local::LocalNode;
+use crate::net::proto::Load;
+use crate::objects::{BoxFuture, ObjectTable, TableStats};
 use crate::store::spill::SpillDir;
 use crate::store::{ObjectStore, StoreStats};
 use crate::wasm::{ModuleRegistry, ModuleStats, TaskSpec, WasmEngine, run_task};
@@ -109,7 +111,7 @@ impl NodeInner {
         let id = spec.result;
         let here = match self.cluster.get() {
             None => Some(spec),
-            Some(cluster) => match cluster.submit(self, spec) {
+            Some(cluster) => match cluster.submit(spec) {
                 Ok(here) => here,
                 Err(reason) => {
                     // Neither the handle nor the task will hold the result.
@@ -120,14 +122,28 @@ impl NodeInner {
             },
         };
         if let Some(spec) = here {
-            self.tasks_submitted.fetch_add(1, Ordering::Relaxed);
             let node = self.clone();
-            self.handle.spawn(async move {
-                run_task(node.clone(), spec).await;
-                node.tasks_finished.fetch_add(1, Ordering::Relaxed);
-            });
+            self.handle.spawn(node.run_counted(spec));
         }
         Ok(id)
+    }
+
+    /// Runs a call here, counted as submitted until it finishes (for placement's figures).
+    fn run_counted(self: Arc<Self>, spec: TaskSpec) -> impl std::future::Future<Output = ()> {
+        self.tasks_submitted.fetch_add(1, Ordering::Relaxed);
+        async move {
+            run_task(self.clone(), spec).await;
+            self.tasks_finished.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Calls running now, and calls waiting (for arguments or an instance).
+    fn busy(&self) -> (u64, u64) {
+        let running = (self.config.max_instances.max(1) as usize)
+            .saturating_sub(self.instance_slots.available_permits()) as u64;
+        let submitted = self.tasks_submitted.load(Ordering::Relaxed);
+        let open = submitted.saturating_sub(self.tasks_finished.load(Ordering::Relaxed));
+        (running, open.saturating_sub(running))
     }
 
     /// Checks that the module has the function and that it takes `argc` arguments.
@@ -287,7 +303,7 @@ impl Node {
             }
         };
         let node = Self::start_as(config, NodeId::new(cert, incarnation))?;
-        let cluster = Cluster::start(&node.inner, opts).map_err(NodeError::Net)?;
+        let cluster = Cluster::start(node.inner.clone(), opts).map_err(NodeError::Net)?;
         let _ = node.inner.cluster.set(cluster);
         Ok(node)
     }
@@ -308,5 +324,70 @@ impl Drop for Node {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// The node as its network layer sees it.
+impl LocalNode for NodeInner {
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn cores(&self) -> u32 {
+        self.config.workers as u32
+    }
+
+    fn objects(&self) -> &Arc<ObjectTable> {
+        &self.objects
+    }
+
+    fn busy(&self) -> (u64, u64) {
+        NodeInner::busy(self)
+    }
+
+    fn load(&self) -> Load {
+        let s = self.stats();
+        let (running, queued) = NodeInner::busy(self);
+        Load {
+            store_used: s.store.used,
+            store_capacity: s.store.capacity,
+            running,
+            queued,
+            calls_finished: s.tasks_finished,
+            modules_compiled: s.modules.compiled,
+            objects: s.objects.objects,
+            ..Load::default()
+        }
+    }
+
+    fn module_bytes(&self, module: ModuleId) -> Option<Arc<[u8]>> {
+        self.modules.get(&module).map(|m| m.wasm.clone())
+    }
+
+    fn load_module(self: Arc<Self>, wasm: Vec<u8>) -> BoxFuture<Result<(), String>> {
+        let node = self.clone();
+        let loaded = self.handle.spawn(async move {
+            // A load takes an instance slot, as a call does (it runs the module's signature
+            // exports).
+            let _slot = node.instance_slots.acquire().await;
+            let (time, mem) = (node.config.time_limit, node.config.memory_limit);
+            node.modules
+                .load(&wasm, time, mem)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        Box::pin(async move {
+            loaded
+                .await
+                .map_err(|e| format!("loading it failed: {e}"))?
+        })
+    }
+
+    fn run(self: Arc<Self>, spec: TaskSpec) -> BoxFuture<()> {
+        let ran = self.handle.spawn(self.clone().run_counted(spec));
+        Box::pin(async move {
+            let _ = ran.await;
+        })
     }
 }

@@ -36,36 +36,23 @@ pub enum ObjectState {
     Spilled(Arc<Spilled>),
     /// Its task failed.
     Failed(Arc<TaskError>),
-    /// Held by another node, which ran its task (Ray's rule: data stays where it was made
-    /// until someone needs it). Reading it pulls a copy through [`RemoteObjects`].
-    Remote {
-        /// The node holding it.
-        holder: NodeId,
-    },
-    /// Owned by another node and not stored here: this node only holds references to it,
-    /// counted here and registered once at the owner (a borrow). Reading it pulls a copy.
-    Borrowed,
-    /// Its only copy was on a node that died.
-    Lost {
-        /// The node.
-        node: NodeId,
-        /// What was noticed.
-        detail: String,
-    },
+    /// Its bytes are not on this node: a result the node that ran its task keeps (Ray's rule:
+    /// data stays where it was made until someone needs it), or another node's object this
+    /// node only holds references to (counted here, registered once at its owner: a
+    /// borrow). Where it is, or that it was lost with a node, is the distributed core's
+    /// knowledge, not the table's: reading it pulls a copy through [`RemoteObjects`], and
+    /// [`ObjectTable::location`] asks the same.
+    Elsewhere,
 }
 
 /// What the table needs from the cluster layer to reach objects on other nodes.
 pub trait RemoteObjects: Send + Sync + std::fmt::Debug {
-    /// Pulls a copy of `id` into this node's store: from `holder`, or (for an object another
-    /// node owns) from wherever its owner says it is. Returns the copy and the refs it
-    /// contains.
-    fn fetch(
-        &self,
-        id: ObjectId,
-        holder: Option<NodeId>,
-    ) -> BoxFuture<Result<ObjectWithRefs, GetError>>;
-    /// The owner freed `id`: `holder` may drop the copy it kept for it.
-    fn free_copy(&self, id: ObjectId, holder: NodeId);
+    /// Pulls a copy of `id`, whose bytes are not here, into this node's store from wherever
+    /// the cluster says it is. Returns the copy and the refs it contains.
+    fn fetch(&self, id: ObjectId) -> BoxFuture<Result<ObjectWithRefs, GetError>>;
+    /// This node freed `id`, one of its own objects whose bytes another node kept: that copy
+    /// may go.
+    fn freed(&self, id: ObjectId);
     /// This node started holding `id`, which another node owns: count one borrow there.
     fn borrow(&self, id: ObjectId);
     /// This node no longer holds `id`: give the borrow back.
@@ -78,6 +65,26 @@ pub trait RemoteObjects: Send + Sync + std::fmt::Debug {
         interest: std::sync::Weak<ForeignWait>,
         done: Box<dyn FnOnce() + Send>,
     );
+    /// Where `id`, whose bytes are not here, is as far as this node's core knows.
+    fn location(&self, id: ObjectId) -> ObjectLocation;
+}
+
+/// Where an object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectLocation {
+    /// Its task has not finished.
+    Pending,
+    /// In the node's memory (the object store).
+    Memory,
+    /// Spilled to disk; a `get` reads it back.
+    Disk,
+    /// Its task failed.
+    Failed,
+    /// On another node of the cluster (the one that ran its task, or its owner); a `get`
+    /// pulls a copy.
+    Node(NodeId),
+    /// Its only copy was on a node that died.
+    Lost(NodeId),
 }
 
 /// Completion flags of the foreign ids of one [`ObjectTable::wait_many`].
@@ -98,11 +105,8 @@ pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 pub enum Completed {
     /// The result is in this node's store.
     Local(Arc<Sealed>),
-    /// The result stays on the node that ran the task.
-    Remote {
-        /// That node.
-        holder: NodeId,
-    },
+    /// The result stays on the node that ran the task (the distributed core knows which).
+    Elsewhere,
 }
 
 #[derive(Debug)]
@@ -114,8 +118,9 @@ struct Entry {
     /// When the object was last read (a tick of [`ObjectTable::clock`]), for choosing what to
     /// spill.
     last_used: u64,
-    /// Another node keeps a copy for us until the object is freed.
-    held_by: Option<NodeId>,
+    /// Another node keeps this node's object for it (the distributed core knows which): the
+    /// core hears when it is freed, so that the copy goes too.
+    kept_elsewhere: bool,
     /// This is a copy kept for the object's owner, holding one count for it until the owner's
     /// `FreeCopy` (or its death).
     hosted: bool,
@@ -123,7 +128,7 @@ struct Entry {
     /// the owner's count on a copy kept for it, and a call's count on its own result while
     /// it runs here for a peer. They register no borrow.
     held: u64,
-    /// Another node's object that this node stores a copy of (not a `Borrowed` entry) and
+    /// Another node's object that this node stores a copy of (not an `Elsewhere` entry) and
     /// references itself (`refs > held`): a borrow is registered at its owner.
     borrowing: bool,
 }
@@ -242,7 +247,7 @@ impl ObjectTable {
     fn elsewhere(&self, t: &HashMap<ObjectId, Entry>, id: ObjectId) -> bool {
         self.is_foreign(id)
             && t.get(&id)
-                .is_none_or(|e| matches!(e.state, ObjectState::Borrowed))
+                .is_none_or(|e| matches!(e.state, ObjectState::Elsewhere))
     }
 
     /// Drops freed entries outside the lock, telling nodes that kept copies for us, and gives
@@ -254,13 +259,13 @@ impl ObjectTable {
                 remote.unborrow(id);
             }
             for f in &freed {
-                if let Some(holder) = f.1.held_by {
-                    remote.free_copy(f.0, holder);
+                if f.1.kept_elsewhere {
+                    remote.freed(f.0);
                 }
-                if matches!(f.1.state, ObjectState::Borrowed) {
-                    crate::codec::forget_borrow(f.0, self);
-                    remote.unborrow(f.0);
-                } else if f.1.borrowing {
+                // A borrow of another node's object: held by an entry without a copy, or by
+                // this node's own references to a copy.
+                let borrowed = self.is_foreign(f.0) && matches!(f.1.state, ObjectState::Elsewhere);
+                if borrowed || f.1.borrowing {
                     remote.unborrow(f.0);
                 }
             }
@@ -273,47 +278,12 @@ impl ObjectTable {
     /// another node's object (a copy kept for its owner counts none of its own).
     fn retain_entry(&self, e: &mut Entry, id: ObjectId) -> bool {
         e.refs += 1;
-        let copy_of_foreign = self.is_foreign(id) && !matches!(e.state, ObjectState::Borrowed);
+        let copy_of_foreign = self.is_foreign(id) && !matches!(e.state, ObjectState::Elsewhere);
         if copy_of_foreign && !e.borrowing && e.refs > e.held {
             e.borrowing = true;
             return true;
         }
         false
-    }
-
-    /// A node died: objects only it held are lost, and copies it kept for us are gone. (The
-    /// copies we kept for it are given back by the distributed core's `Unhold`.)
-    pub fn lose_node(&self, node: NodeId, detail: &str) {
-        let freed = Released::default();
-        let notify: Vec<Arc<Notify>> = {
-            let mut t = self.lock();
-            for (id, e) in t.iter_mut() {
-                if e.held_by == Some(node) {
-                    e.held_by = None;
-                }
-                if let ObjectState::Remote { holder, .. } = e.state
-                    && holder == node
-                {
-                    e.state = ObjectState::Lost {
-                        node,
-                        detail: detail.to_owned(),
-                    };
-                }
-                if id.owner() == node.0 && matches!(e.state, ObjectState::Borrowed) {
-                    // Our holders keep the entry; the object is gone with its owner.
-                    e.state = ObjectState::Lost {
-                        node,
-                        detail: detail.to_owned(),
-                    };
-                }
-            }
-            t.values_mut().filter_map(|e| e.notify.clone()).collect()
-        };
-        self.dispose(freed);
-        for n in notify {
-            n.notify_waiters();
-        }
-        self.any_completed.notify_waiters();
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ObjectId, Entry>> {
@@ -509,7 +479,7 @@ impl ObjectTable {
                 contained,
                 notify: None,
                 last_used: self.tick(),
-                held_by: None,
+                kept_elsewhere: false,
                 hosted: false,
                 held: 0,
                 borrowing: false,
@@ -544,12 +514,12 @@ impl ObjectTable {
     /// A new entry for another node's object that this node only holds references to.
     fn borrowed_entry(&self) -> Entry {
         Entry {
-            state: ObjectState::Borrowed,
+            state: ObjectState::Elsewhere,
             refs: 1,
             contained: Vec::new(),
             notify: None,
             last_used: self.tick(),
-            held_by: None,
+            kept_elsewhere: false,
             hosted: false,
             held: 0,
             borrowing: false,
@@ -572,7 +542,7 @@ impl ObjectTable {
             contained: Vec::new(),
             notify: Some(Arc::new(Notify::new())),
             last_used: self.tick(),
-            held_by: None,
+            kept_elsewhere: false,
             hosted: false,
             held: 0,
             borrowing: false,
@@ -629,9 +599,9 @@ impl ObjectTable {
                 Some(e) => {
                     e.state = match outcome {
                         Ok((Completed::Local(bytes), _)) => ObjectState::Ready(bytes),
-                        Ok((Completed::Remote { holder }, _)) => {
-                            e.held_by = Some(holder);
-                            ObjectState::Remote { holder }
+                        Ok((Completed::Elsewhere, _)) => {
+                            e.kept_elsewhere = true;
+                            ObjectState::Elsewhere
                         }
                         Err(err) => ObjectState::Failed(err),
                     };
@@ -641,10 +611,10 @@ impl ObjectTable {
                 // Nobody wanted the result: give back what it would have held.
                 None => {
                     release_locked(&mut t, &contained, &mut freed);
-                    if let Ok((Completed::Remote { holder, .. }, _)) = outcome
+                    if let Ok((Completed::Elsewhere, _)) = outcome
                         && let Some(remote) = self.remote.get()
                     {
-                        remote.free_copy(id, holder);
+                        remote.freed(id);
                     }
                     None
                 }
@@ -731,9 +701,30 @@ impl ObjectTable {
         self.dispose(freed);
     }
 
+    /// Whether the table has an entry for `id`.
+    pub fn contains(&self, id: ObjectId) -> bool {
+        self.lock().contains_key(&id)
+    }
+
     /// The object's current state, or `None` if it does not exist.
     pub fn state(&self, id: ObjectId) -> Option<ObjectState> {
         self.lock().get(&id).map(|e| e.state.clone())
+    }
+
+    /// Where the object is now, or `None` if it has been freed (or, for another node's
+    /// object, never referenced here).
+    pub fn location(&self, id: ObjectId) -> Option<ObjectLocation> {
+        let state = self.state(id)?;
+        Some(match state {
+            ObjectState::Pending => ObjectLocation::Pending,
+            ObjectState::Ready(_) => ObjectLocation::Memory,
+            ObjectState::Spilled(_) => ObjectLocation::Disk,
+            ObjectState::Failed(_) => ObjectLocation::Failed,
+            ObjectState::Elsewhere => match self.remote.get() {
+                Some(remote) => remote.location(id),
+                None => ObjectLocation::Lost(NodeId(id.owner())),
+            },
+        })
     }
 
     /// The refs the object contains.
@@ -753,7 +744,7 @@ impl ObjectTable {
     ) -> Result<Arc<Sealed>, GetError> {
         let fut = async {
             loop {
-                let mut pull_from = None;
+                let mut pull_home = false;
                 let notify = {
                     let mut t = self.lock();
                     if self.elsewhere(&t, id) {
@@ -764,23 +755,11 @@ impl ObjectTable {
                     }
                     let e = self.touch(&mut t, id)?;
                     match &e.state {
-                        ObjectState::Remote { holder, .. } => {
-                            pull_from = Some(*holder);
+                        // Our own object kept by the node that ran its task (`elsewhere`
+                        // above covers other nodes' objects).
+                        ObjectState::Elsewhere => {
+                            pull_home = true;
                             None
-                        }
-                        // `elsewhere` above covers it; kept for exhaustiveness.
-                        ObjectState::Borrowed => {
-                            return Err(GetError::Unavailable {
-                                id,
-                                reason: "owned by another node; read it with wait_object".into(),
-                            });
-                        }
-                        ObjectState::Lost { node, detail } => {
-                            return Err(GetError::NodeDied {
-                                id,
-                                node: *node,
-                                detail: detail.clone(),
-                            });
                         }
                         ObjectState::Ready(b) => return Ok(b.clone()),
                         ObjectState::Spilled(s) => {
@@ -797,8 +776,8 @@ impl ObjectTable {
                     }
                 };
                 let Some(notify) = notify else {
-                    if let Some(holder) = pull_from {
-                        return self.pull_home(id, holder).await;
+                    if pull_home {
+                        return self.pull_home(id).await;
                     }
                     continue;
                 };
@@ -821,13 +800,13 @@ impl ObjectTable {
     }
 
     /// Pulls an object this node owns from the node holding it, and keeps the copy.
-    async fn pull_home(&self, id: ObjectId, holder: NodeId) -> Result<Arc<Sealed>, GetError> {
+    async fn pull_home(&self, id: ObjectId) -> Result<Arc<Sealed>, GetError> {
         let remote = self.remote.get().ok_or(GetError::ObjectLost { id })?;
-        let (sealed, _) = remote.fetch(id, Some(holder)).await?;
+        let (sealed, _) = remote.fetch(id).await?;
         let mut t = self.lock();
         let e = self.touch(&mut t, id)?;
         match &e.state {
-            ObjectState::Remote { .. } => {
+            ObjectState::Elsewhere => {
                 e.state = ObjectState::Ready(sealed.clone());
                 Ok(sealed)
             }
@@ -852,7 +831,7 @@ impl ObjectTable {
         let Some(remote) = self.remote.get() else {
             return Err(GetError::ObjectLost { id });
         };
-        let fut = remote.fetch(id, None);
+        let fut = remote.fetch(id);
         match timeout {
             None => fut.await,
             Some(t) => tokio::time::timeout(t, fut)
@@ -956,11 +935,7 @@ impl ObjectTable {
             match e.state {
                 ObjectState::Pending => s.pending += 1,
                 ObjectState::Failed(_) => s.failed += 1,
-                ObjectState::Ready(_)
-                | ObjectState::Spilled(_)
-                | ObjectState::Remote { .. }
-                | ObjectState::Borrowed
-                | ObjectState::Lost { .. } => {}
+                ObjectState::Ready(_) | ObjectState::Spilled(_) | ObjectState::Elsewhere => {}
             }
         }
         s
@@ -987,18 +962,14 @@ mod tests {
     }
 
     impl RemoteObjects for Recorder {
-        fn fetch(
-            &self,
-            id: ObjectId,
-            _holder: Option<NodeId>,
-        ) -> BoxFuture<Result<ObjectWithRefs, GetError>> {
+        fn fetch(&self, id: ObjectId) -> BoxFuture<Result<ObjectWithRefs, GetError>> {
             Box::pin(async move { Err(GetError::ObjectLost { id }) })
         }
-        fn free_copy(&self, id: ObjectId, _holder: NodeId) {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("free_copy {}", id.seq()));
+        fn freed(&self, id: ObjectId) {
+            self.0.lock().unwrap().push(format!("freed {}", id.seq()));
+        }
+        fn location(&self, _id: ObjectId) -> ObjectLocation {
+            ObjectLocation::Lost(NodeId(0))
         }
         fn borrow(&self, id: ObjectId) {
             self.0.lock().unwrap().push(format!("borrow {}", id.seq()));
@@ -1079,5 +1050,41 @@ mod tests {
         t.release(x);
         assert_eq!(r.take(), vec!["unborrow 8"]);
         assert_eq!(t.ref_count(x), None);
+    }
+
+    #[test]
+    fn freeing_an_object_kept_elsewhere_tells_the_cluster_once() {
+        let (t, r, _dir) = table();
+        let x = ObjectId::new(NodeId::new(1, 1).0, 9);
+        // A handle's count and the call's, which ran on another node and left its result there.
+        t.insert_pending(x, 2);
+        t.complete(x, Ok((Completed::Elsewhere, Vec::new())), &[]);
+        assert!(matches!(t.state(x), Some(ObjectState::Elsewhere)));
+        assert_eq!(
+            t.location(x),
+            Some(ObjectLocation::Lost(NodeId(0))),
+            "the cluster answers"
+        );
+        assert!(r.take().is_empty());
+        t.release(x);
+        assert_eq!(r.take(), vec!["freed 9"]);
+        assert_eq!(t.location(x), None);
+    }
+
+    #[test]
+    fn another_nodes_object_referenced_here_is_borrowed_once_and_given_back() {
+        let (t, r, _dir) = table();
+        let x = ObjectId::new(NodeId::new(2, 1).0, 10);
+        assert!(t.retain(x));
+        assert!(t.retain(x));
+        assert_eq!(r.take(), vec!["borrow 10"]);
+        t.release(x);
+        assert!(r.take().is_empty());
+        t.release(x);
+        assert_eq!(
+            r.take(),
+            vec!["unborrow 10"],
+            "no `freed`: not this node's object"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! Ownership follows Ray: the node that makes an object id (by `put`, or by submitting the
 //! call that produces it) owns it. It counts its references and knows where its bytes are. A
 //! call placed on another node produces its result there, and the result stays there (the
-//! owner records `ObjectState::Remote`) until someone reads it; small results come back with
+//! owner's core records where, `ferry_core::Place::Held`) until someone reads it; small results come back with
 //! the reply. Readers on other nodes ask the owner where an object is and pull it from a
 //! holder, straight into their own store.
 //!
@@ -26,15 +26,15 @@ use tokio::sync::OnceCell;
 
 use crate::error::{GetError, TaskError};
 use crate::ids::NodeId;
+use crate::net::local::LocalNode;
 use crate::net::proto::{
     self, Load, MAX_FRAME, Member, NodeInfo, ProtoError, Request, Response, WireObject,
 };
 use crate::net::tls::{self, Credentials, Identity, NODE_NAME, Role, TlsError};
-use crate::node::NodeInner;
-use crate::objects::{BoxFuture, ForeignWait, ObjectWithRefs, RemoteObjects};
+use crate::objects::{BoxFuture, ForeignWait, ObjectLocation, ObjectWithRefs, RemoteObjects};
 use crate::store::Sealed;
-use crate::wasm::TaskSpec;
 use ferry_core::LocalEvent;
+use ferry_core::TaskSpec;
 
 /// Largest module accepted from a peer.
 pub const MAX_MODULE: u64 = 256 << 20;
@@ -175,7 +175,7 @@ type ModuleLoad = Arc<OnceCell<Result<(), String>>>;
 /// A node's membership in a cluster.
 pub struct Cluster {
     me: NodeInfo,
-    node: Weak<NodeInner>,
+    node: Weak<dyn LocalNode>,
     this: Weak<Cluster>,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
@@ -187,8 +187,6 @@ pub struct Cluster {
     members: Mutex<BTreeMap<u64, Member>>,
     peers: Mutex<HashMap<u64, Connection>>,
     dead: Mutex<HashMap<u64, String>>,
-    /// Pulls of this node's own results from their holders, shared per object.
-    pulls: Mutex<HashMap<ObjectId, Arc<OnceCell<Pulled>>>>,
     /// Local waits on objects other nodes own, until the core resolves them (`driver.rs`).
     pub(super) waits: Mutex<HashMap<ObjectId, Vec<crate::net::driver::Wait>>>,
     /// Objects fetched for the core, until it resolves them.
@@ -233,7 +231,7 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Joins (or, without `head`, starts) a cluster as `node`, and connects the node's object
     /// table to it.
-    pub fn start(node: &Arc<NodeInner>, opts: ClusterOptions) -> Result<Arc<Self>, NetError> {
+    pub fn start(node: Arc<dyn LocalNode>, opts: ClusterOptions) -> Result<Arc<Self>, NetError> {
         let identity = opts.credentials.identity();
         if (opts.worker || opts.listen.is_some()) && identity.role != Role::Node {
             return Err(NetError::ClientCertificate {
@@ -290,19 +288,19 @@ impl Cluster {
             endpoint
         };
         let me = NodeInfo {
-            id: node.id.0,
+            id: node.id().0,
             addr: match (opts.listen, opts.advertise) {
                 (Some(_), Some(a)) => Some(a),
                 (Some(_), None) => endpoint.local_addr().ok(),
                 (None, _) => None,
             },
             worker: opts.worker,
-            cores: node.config.workers as u32,
+            cores: node.cores(),
         };
         let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new_cyclic(|this| Self {
             me: me.clone(),
-            node: Arc::downgrade(node),
+            node: Arc::downgrade(&node),
             this: this.clone(),
             endpoint: endpoint.clone(),
             client_config,
@@ -313,7 +311,6 @@ impl Cluster {
             members: Mutex::new(BTreeMap::new()),
             peers: Mutex::new(HashMap::new()),
             dead: Mutex::new(HashMap::new()),
-            pulls: Mutex::new(HashMap::new()),
             waits: Mutex::new(HashMap::new()),
             fetched: Mutex::new(HashMap::new()),
             fetch_errors: Mutex::new(HashMap::new()),
@@ -336,7 +333,7 @@ impl Cluster {
             let c = cluster.clone();
             net.spawn(async move { c.core_events(events_rx).await });
         }
-        node.objects.set_remote(cluster.clone());
+        node.objects().set_remote(cluster.clone());
         if opts.listen.is_some() {
             let c = cluster.clone();
             net.spawn(async move { c.accept_loop().await });
@@ -366,7 +363,7 @@ impl Cluster {
                 }
             }
         }
-        tracing::info!(node = %node.id, addr = ?me.addr, "joined the cluster");
+        tracing::info!(node = %node.id(), addr = ?me.addr, "joined the cluster");
         Ok(cluster)
     }
 
@@ -432,7 +429,7 @@ impl Cluster {
         self.this.upgrade().expect("a live cluster has a live Arc")
     }
 
-    pub(super) fn node(&self) -> Option<Arc<NodeInner>> {
+    pub(super) fn node(&self) -> Option<Arc<dyn LocalNode>> {
         self.node.upgrade()
     }
 
@@ -457,20 +454,12 @@ impl Cluster {
         let Some(node) = self.node() else {
             return Load::default();
         };
-        let s = node.stats();
-        let (running, queued) = busy(&node);
         self.reports.fetch_add(1, Ordering::Relaxed);
         Load {
-            store_used: s.store.used,
-            store_capacity: s.store.capacity,
-            running,
-            queued,
-            calls_finished: s.tasks_finished,
-            modules_compiled: s.modules.compiled,
             modules_fetched: self.modules_fetched.load(Ordering::Relaxed),
             bytes_pulled: self.bytes_pulled.load(Ordering::Relaxed),
-            objects: s.objects.objects,
             reports: self.reports.load(Ordering::Relaxed),
+            ..node.load()
         }
     }
 
@@ -603,9 +592,6 @@ impl Cluster {
             .remove(&id)
         {
             conn.close(1u32.into(), b"declared dead");
-        }
-        if let Some(node) = self.node() {
-            node.objects.lose_node(NodeId(id), reason);
         }
     }
 
@@ -866,7 +852,7 @@ impl Cluster {
                 };
                 // If the bytes do not arrive, the `Done` still goes to the core (the result
                 // then fails for want of them): a link never stalls behind one transfer.
-                match self.receive_object(&node, &header, &mut recv).await {
+                match self.receive_object(&*node, &header, &mut recv).await {
                     Ok(sealed) => self.attach(id, sealed),
                     Err(e) => tracing::debug!("inline result {id} from node {from} lost: {e}"),
                 }
@@ -878,10 +864,10 @@ impl Cluster {
                 (None, _) => Response::Error("refused: a connection says Hello first".into()),
             },
             Request::Members => Response::Members(self.members().await),
-            Request::Module(id) => match node.modules.get(&id) {
-                Some(m) => {
-                    let len = m.wasm.len() as u64;
-                    let wasm = Bytes::from_owner(m.wasm.clone());
+            Request::Module(id) => match node.module_bytes(id) {
+                Some(bytes) => {
+                    let len = bytes.len() as u64;
+                    let wasm = Bytes::from_owner(bytes);
                     return reply(&mut send, &Response::Module { len }, Some(wasm)).await;
                 }
                 None => Response::Error(format!("module {id} is not loaded here")),
@@ -909,13 +895,13 @@ impl Cluster {
 
     async fn serve_fetch(
         &self,
-        node: &Arc<NodeInner>,
+        node: &Arc<dyn LocalNode>,
         id: ObjectId,
         mut send: SendStream,
     ) -> Result<(), NetError> {
-        let local = node.objects.state(id).is_some();
+        let local = node.objects().contains(id);
         let found = if local {
-            node.objects
+            node.objects()
                 .wait_object(id, Some(Duration::from_secs(30)))
                 .await
         } else {
@@ -933,11 +919,11 @@ impl Cluster {
     /// of one module are shared; other requests keep flowing meanwhile.
     pub(super) async fn ensure_module(
         &self,
-        node: &Arc<NodeInner>,
+        node: &Arc<dyn LocalNode>,
         from: u64,
         module: ModuleId,
     ) -> Result<(), String> {
-        if node.modules.get(&module).is_some() {
+        if node.module_bytes(module).is_some() {
             return Ok(());
         }
         let cell = self
@@ -951,16 +937,10 @@ impl Cluster {
             .get_or_init(|| async {
                 let wasm = self.fetch_module(from, module).await?;
                 self.modules_fetched.fetch_add(1, Ordering::Relaxed);
-                let n = node.clone();
                 // Compiling runs on the node's workers, never on the network's thread.
-                node.handle
-                    .spawn(async move {
-                        let _slot = n.instance_slots.acquire().await;
-                        let (time, mem) = (n.config.time_limit, n.config.memory_limit);
-                        n.modules.load(&wasm, time, mem).await.map(|_| ())
-                    })
+                node.clone()
+                    .load_module(wasm)
                     .await
-                    .map_err(|e| format!("loading module {module} failed: {e}"))?
                     .map_err(|e| format!("module {module}: {e}"))
             })
             .await
@@ -1008,7 +988,7 @@ impl Cluster {
                 "the module ended after {got} of {len} bytes"
             )));
         }
-        if crate::wasm::module_id(&wasm) != module {
+        if crate::ids::module_id(&wasm) != module {
             return Err(fail(&"the bytes do not hash to the module's id"));
         }
         Ok(wasm)
@@ -1018,13 +998,13 @@ impl Cluster {
     /// node's store.
     pub(super) async fn receive_object(
         &self,
-        node: &NodeInner,
+        node: &dyn LocalNode,
         header: &WireObject,
         recv: &mut RecvStream,
     ) -> Result<Arc<Sealed>, String> {
-        let layout = proto::check_object(header, node.objects.store().stats().capacity)
+        let layout = proto::check_object(header, node.objects().store().stats().capacity)
             .map_err(|e| e.to_string())?;
-        let mut block = node.objects.allocate(layout).map_err(|e| e.to_string())?;
+        let mut block = node.objects().allocate(layout).map_err(|e| e.to_string())?;
         recv.read_exact(block.as_mut_slice())
             .await
             .map_err(|e| e.to_string())?;
@@ -1035,39 +1015,12 @@ impl Cluster {
 
     // ---- pulling objects ----
 
-    async fn pull(self: Arc<Self>, id: ObjectId, holder: Option<NodeId>) -> Pulled {
-        // Another node's object: the core asks its owner where it is and says where to fetch
-        // it from.
-        let Some(holder) = holder else {
-            return self.pull_via_core(id).await;
-        };
-        let cell = self
-            .pulls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id)
-            .or_default()
-            .clone();
-        let r = cell
-            .get_or_init(|| self.pull_once(id, holder))
-            .await
-            .clone();
-        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
-        if pulls.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            pulls.remove(&id);
-        }
-        r
-    }
-
-    /// Pulls this node's own result from the node holding it.
-    async fn pull_once(&self, id: ObjectId, holder: NodeId) -> Pulled {
-        let Some(node) = self.node() else {
-            return Err(PullError::Unavailable("the node is stopping".into()));
-        };
-        self.fetch_from(&node, holder.0, id).await
-    }
-
-    pub(super) async fn fetch_from(&self, node: &NodeInner, holder: u64, id: ObjectId) -> Pulled {
+    pub(super) async fn fetch_from(
+        &self,
+        node: &dyn LocalNode,
+        holder: u64,
+        id: ObjectId,
+    ) -> Pulled {
         let died = |detail: String| PullError::Died {
             node: NodeId(holder),
             detail,
@@ -1105,13 +1058,11 @@ impl Cluster {
 }
 
 impl RemoteObjects for Cluster {
-    fn fetch(
-        &self,
-        id: ObjectId,
-        holder: Option<NodeId>,
-    ) -> BoxFuture<Result<ObjectWithRefs, GetError>> {
+    fn fetch(&self, id: ObjectId) -> BoxFuture<Result<ObjectWithRefs, GetError>> {
+        // The core locates it (at its owner, or in its own directory for this node's
+        // objects), shares pulls of one object, and says where to fetch it from.
         let c = self.arc();
-        let task = self.net.spawn(async move { c.pull(id, holder).await });
+        let task = self.net.spawn(async move { c.pull_via_core(id).await });
         Box::pin(async move {
             match task.await {
                 Ok(r) => r.map_err(|e| e.into_get(id)),
@@ -1130,10 +1081,14 @@ impl RemoteObjects for Cluster {
         self.watch_via_core(id, interest, done);
     }
 
-    fn free_copy(&self, id: ObjectId, _holder: NodeId) {
+    fn freed(&self, id: ObjectId) {
         // The core knows where the copy is (`Place::Held`) and sends the `FreeCopy` behind
         // the borrows sent before it.
         let _ = self.events.send(LocalEvent::Freed(id));
+    }
+
+    fn location(&self, id: ObjectId) -> ObjectLocation {
+        self.core_location(id)
     }
 
     fn borrow(&self, id: ObjectId) {
@@ -1187,15 +1142,6 @@ pub(super) fn object_header(sealed: &Sealed, contained: Vec<ObjectId>) -> WireOb
         contained,
         total_len: sealed.len() as u64,
     }
-}
-
-/// Calls running on `node` (holding an instance) and waiting (for arguments or an instance).
-pub(super) fn busy(node: &NodeInner) -> (u64, u64) {
-    let running = (node.config.max_instances.max(1) as usize)
-        .saturating_sub(node.instance_slots.available_permits()) as u64;
-    let submitted = node.tasks_submitted.load(Ordering::Relaxed);
-    let open = submitted.saturating_sub(node.tasks_finished.load(Ordering::Relaxed));
-    (running, open.saturating_sub(running))
 }
 
 /// A stored object's bytes as `Bytes` that keep it pinned: quinn sends them straight from the

@@ -17,15 +17,14 @@ use std::time::{Duration, Instant};
 use ferry_abi::ObjectId;
 use ferry_core::{
     Completion, Config, Failure, Finished, LocalEvent, LocalState, LocalView, NodeCore, NodeId,
-    Output, Packet, Placed, Sender, SubmitError,
+    Output, Packet, Placed, Sender, SubmitError, directory::Place,
 };
 
 use crate::error::{TaskError, TaskErrorKind};
-use crate::net::cluster::{Cluster, PullError, Pulled, busy, object_header, store_bytes};
+use crate::net::cluster::{Cluster, PullError, Pulled, object_header, store_bytes};
 use crate::net::proto::{Member, NodeInfo, Request, Response, WireTaskError};
-use crate::node::NodeInner;
-use crate::objects::{Completed, ForeignWait, ObjectState, ObjectTable, WaitFlags};
-use crate::wasm::TaskSpec;
+use crate::objects::{Completed, ForeignWait, ObjectLocation, ObjectState, ObjectTable, WaitFlags};
+use ferry_core::TaskSpec;
 
 /// No objects: for inputs that read none.
 struct NoObjects;
@@ -97,7 +96,7 @@ impl Cluster {
             for packet in packets {
                 let now = Instant::now();
                 match &node {
-                    Some(n) => core.handle_packet(now, sender, packet, &TableView(&n.objects)),
+                    Some(n) => core.handle_packet(now, sender, packet, &TableView(n.objects())),
                     None => core.handle_packet(now, sender, packet, &NoObjects),
                 }
             }
@@ -133,12 +132,11 @@ impl Cluster {
     /// Places a call this node submits. `Ok(Some(spec))`: it runs here (the caller runs
     /// it); `Ok(None)`: the core sent it to another node, or it failed at once (its result is
     /// completed with the error); `Err`: no node runs calls.
-    pub fn submit(
-        self: &Arc<Self>,
-        node: &Arc<NodeInner>,
-        spec: TaskSpec,
-    ) -> Result<Option<TaskSpec>, String> {
-        let (running, queued) = busy(node);
+    pub fn submit(self: &Arc<Self>, spec: TaskSpec) -> Result<Option<TaskSpec>, String> {
+        let Some(node) = self.node() else {
+            return Err("this node is stopping".into());
+        };
+        let (running, queued) = node.busy();
         let core_spec = spec.clone();
         let mut placed = None;
         self.with_core(|core| {
@@ -147,7 +145,7 @@ impl Cluster {
                 core_spec,
                 running,
                 queued,
-                &TableView(&node.objects),
+                &TableView(node.objects()),
             );
             if let Ok(Placed::There(at)) = p {
                 // Before the `Run` leaves (outputs are carried out after this closure).
@@ -166,7 +164,7 @@ impl Cluster {
             Some(Err(SubmitError::TooLarge { len, max })) => {
                 let e = TaskError {
                     function: spec.function.clone(),
-                    node: node.id,
+                    node: node.id(),
                     kind: TaskErrorKind::Host {
                         detail: format!(
                             "the call's in-band arguments take {len} bytes, larger than the \
@@ -175,7 +173,7 @@ impl Cluster {
                         ),
                     },
                 };
-                node.objects
+                node.objects()
                     .complete(spec.result, Err(Arc::new(e)), &spec.held_refs());
                 Ok(None)
             }
@@ -201,7 +199,7 @@ impl Cluster {
             self.with_core(|core| {
                 for e in batch {
                     match &node {
-                        Some(n) => core.handle_local(now, e, &TableView(&n.objects)),
+                        Some(n) => core.handle_local(now, e, &TableView(n.objects())),
                         None => core.handle_local(now, e, &NoObjects),
                     }
                 }
@@ -219,15 +217,16 @@ impl Cluster {
             };
             let result = spec.result;
             let function = spec.function.clone();
+            let objects = node.objects().clone();
             let failed = |detail: String| {
                 let e = TaskError {
                     function: function.clone(),
-                    node: node.id,
+                    node: node.id(),
                     kind: TaskErrorKind::Host { detail },
                 };
                 Finished::Failed(encode_error(&e))
             };
-            let early = if node.objects.state(result).is_some() {
+            let early = if objects.contains(result) {
                 Some(failed(format!(
                     "the result id {result} is already in use here"
                 )))
@@ -242,32 +241,26 @@ impl Cluster {
             }
             // One count held for the owner (until the core's `Unhold`), one for the task; never
             // over an entry in use (checked again: the module load above may have taken a while).
-            if !node.objects.insert_pending_new(result, 2) {
+            if !objects.insert_pending_new(result, 2) {
                 let finished = failed(format!("the result id {result} is already in use here"));
                 let _ = c.events.send(LocalEvent::TaskFinished { result, finished });
                 return;
             }
-            node.objects.mark_hosted(result);
+            objects.mark_hosted(result);
             // The arguments are counted by their owners; objects this node owns are counted
             // here too, balancing the release when the call finishes.
             for id in spec.held_refs() {
-                node.objects.retain(id);
+                objects.retain(id);
             }
-            node.tasks_submitted.fetch_add(1, Ordering::Relaxed);
-            let n = node.clone();
-            let ran = node.handle.spawn(async move {
-                crate::wasm::run_task(n.clone(), spec).await;
-                n.tasks_finished.fetch_add(1, Ordering::Relaxed);
-            });
-            let _ = ran.await;
-            let finished = match node.objects.state(result) {
+            node.clone().run(spec).await;
+            let finished = match objects.state(result) {
                 Some(ObjectState::Ready(s)) => Finished::Value {
                     len: s.len() as u64,
-                    contained: node.objects.contained(result),
+                    contained: objects.contained(result),
                 },
                 Some(ObjectState::Spilled(s)) => Finished::Value {
                     len: s.layout().total_len(),
-                    contained: node.objects.contained(result),
+                    contained: objects.contained(result),
                 },
                 Some(ObjectState::Failed(e)) => Finished::Failed(encode_error(&e)),
                 other => failed(format!("the result vanished ({other:?})")),
@@ -305,12 +298,10 @@ impl Cluster {
                 ))),
             },
             // (The core keeps its length, for placement.)
-            Completion::Held { at, contained, .. } => {
-                Ok((Completed::Remote { holder: at }, contained))
-            }
+            Completion::Held { contained, .. } => Ok((Completed::Elsewhere, contained)),
             Completion::Failed(f) => Err(Arc::new(task_error(f, &spec.function, at))),
         };
-        node.objects.complete(id, outcome, &spec.held_refs());
+        node.objects().complete(id, outcome, &spec.held_refs());
     }
 
     /// Sends a packet, with the bytes of `attach` after it, on a stream of its own.
@@ -318,11 +309,14 @@ impl Cluster {
         let c = self.clone();
         self.runtime_handle().spawn(async move {
             let object = match (attach, c.node()) {
-                (Some(id), Some(node)) => node
-                    .objects
-                    .wait_ready(id, Some(Duration::from_secs(30)))
-                    .await
-                    .ok(),
+                (Some(id), Some(node)) => {
+                    let objects = node.objects().clone();
+                    drop(node);
+                    objects
+                        .wait_ready(id, Some(Duration::from_secs(30)))
+                        .await
+                        .ok()
+                }
                 _ => None,
             };
             let sent = match object {
@@ -366,15 +360,15 @@ impl Cluster {
                 Output::Complete { id, completion } => self.complete_remote(id, completion),
                 Output::Hold(id) => {
                     if let Some(node) = self.node() {
-                        node.objects.retain(id);
+                        node.objects().retain(id);
                     }
                 }
                 Output::Unhold(id) => {
                     if let Some(node) = self.node() {
-                        if id.owner() == node.id.0 {
-                            node.objects.release(id);
+                        if id.owner() == node.id().0 {
+                            node.objects().release(id);
                         } else {
-                            node.objects.release_hosted(id);
+                            node.objects().release_hosted(id);
                         }
                     }
                 }
@@ -382,7 +376,9 @@ impl Cluster {
                     let c = self.clone();
                     self.runtime_handle().spawn(async move {
                         if let Some(node) = c.node() {
-                            node.objects.wait_many(&[id], 1, None, WaitFlags::All).await;
+                            let objects = node.objects().clone();
+                            drop(node);
+                            objects.wait_many(&[id], 1, None, WaitFlags::All).await;
                             let _ = c.events.send(LocalEvent::Completed(id));
                         }
                     });
@@ -410,7 +406,7 @@ impl Cluster {
                     from.node,
                     from.identity.cert
                 ),
-                // Objects of a dead owner: `node_lost` marks them (`ObjectTable::lose_node`).
+                // Reads of a dead owner's objects ask the core, which knows.
                 Output::Lost { .. } => {}
                 Output::Fetch { id, from } => self.fetch_for_core(id, from),
                 Output::Resolved { id, resolution } => self.resolved(id, resolution),
@@ -576,6 +572,29 @@ impl Cluster {
         let _ = self.events.send(LocalEvent::Want { id, fetch: false });
     }
 
+    /// Where an object whose bytes are not on this node is, as the core knows: this node's
+    /// own objects from its directory, other nodes' objects at their owner (unless it died).
+    pub(super) fn core_location(&self, id: ObjectId) -> ObjectLocation {
+        let owner = NodeId(id.owner());
+        let guard = self.lock_core();
+        let Some(core) = guard.as_ref() else {
+            return ObjectLocation::Lost(owner);
+        };
+        if owner != core.id() {
+            return match core.membership().dead(owner) {
+                Some(_) => ObjectLocation::Lost(owner),
+                None => ObjectLocation::Node(owner),
+            };
+        }
+        match core.directory().place(id) {
+            Some(Place::Held { at, .. }) => ObjectLocation::Node(*at),
+            Some(Place::Running { .. }) => ObjectLocation::Pending,
+            Some(Place::Lost { node, .. }) => ObjectLocation::Lost(*node),
+            // The core forgot it: the table's entry outlived the copy.
+            None => ObjectLocation::Lost(owner),
+        }
+    }
+
     /// Fetches the bytes the core asked for, and tells it how that went.
     fn fetch_for_core(self: &Arc<Self>, id: ObjectId, from: NodeId) {
         let c = self.clone();
@@ -583,7 +602,7 @@ impl Cluster {
             let Some(node) = c.node() else {
                 return;
             };
-            let result = match c.fetch_from(&node, from.0, id).await {
+            let result = match c.fetch_from(&*node, from.0, id).await {
                 Ok(x) => {
                     c.fetched
                         .lock()
@@ -685,10 +704,7 @@ impl LocalView for TableView<'_> {
                 len: s.layout().total_len(),
             },
             ObjectState::Failed(e) => LocalState::Failed(Failure::Task(encode_error(&e))),
-            ObjectState::Remote { .. } | ObjectState::Borrowed => LocalState::Elsewhere,
-            ObjectState::Lost { node, detail } => {
-                LocalState::Failed(Failure::NodeDied { node, detail })
-            }
+            ObjectState::Elsewhere => LocalState::Elsewhere,
         })
     }
 }

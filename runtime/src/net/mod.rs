@@ -4,5 +4,6 @@
 
 pub mod cluster;
 mod driver;
+pub mod local;
 pub mod proto;
 pub mod tls;

@@ -8,5 +8,5 @@ mod task;
 mod windows;
 
 pub use engine::WasmEngine;
-pub use module::{LoadedModule, ModuleRegistry, ModuleStats, module_id};
+pub use module::{LoadedModule, ModuleRegistry, ModuleStats};
 pub use task::{TaskSpec, run_task};

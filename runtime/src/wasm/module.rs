@@ -8,12 +8,12 @@ use std::sync::{Arc, RwLock};
 use ferry_abi::ModuleId;
 use ferry_abi::abi::{self, ABI_SECTION, ABI_VERSION};
 use ferry_abi::manifest::FunctionSig;
-use wasmtime::{InstancePre, Linker, Module};
+use wasmtime::{InstancePre, Linker, Module, Store, UpdateDeadline};
 
 use crate::error::ModuleError;
-use crate::wasm::engine::WasmEngine;
+use crate::ids::module_id;
+use crate::wasm::engine::{TimeLimitExceeded, WasmEngine};
 use crate::wasm::host::{IMPORTS, TaskState};
-use crate::wasm::task::new_store;
 
 /// A module ready to run.
 pub struct LoadedModule {
@@ -65,11 +65,6 @@ impl std::fmt::Debug for ModuleRegistry {
             .field("stats", &self.stats())
             .finish()
     }
-}
-
-/// The module id of `wasm`.
-pub fn module_id(wasm: &[u8]) -> ModuleId {
-    ModuleId(*blake3::hash(wasm).as_bytes())
 }
 
 impl ModuleRegistry {
@@ -354,4 +349,27 @@ async fn read_signature(
         return Err(fail(format!("the signature names `{}`", sig.name)));
     }
     Ok(sig)
+}
+
+/// A store with the limits and the epoch callback installed.
+pub(crate) fn new_store(module: &LoadedModule, state: TaskState) -> Store<TaskState> {
+    let mut store = Store::new(module.pre.module().engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut ctx| {
+        let state = ctx.data_mut();
+        if state.charge_time() {
+            return Err(wasmtime::Error::new(TimeLimitExceeded));
+        }
+        // Let other tasks run; the clock restarts when this guest is scheduled again.
+        let clock = state.clock.clone();
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                clock.resume();
+            }),
+        ))
+    });
+    store
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ferry_abi::ObjectId;
 use ferry_abi::abi::{self, CallArg, fail_kind};
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap};
 
 use crate::error::{GetError, TaskError, TaskErrorKind};
 use crate::ids::NodeId;
@@ -15,7 +15,7 @@ use crate::objects::Completed;
 use crate::store::Sealed;
 use crate::wasm::engine::{MemoryLimitExceeded, TimeLimitExceeded};
 use crate::wasm::host::{GuestFailure, HOST_FAILURE, TaskState};
-use crate::wasm::module::LoadedModule;
+use crate::wasm::module::{LoadedModule, new_store};
 
 /// Everything needed to run (and, later, to re-run) a call: Ray's task spec, kept as lineage.
 /// The distributed core's type: the same spec travels in a `Run`.
@@ -225,29 +225,6 @@ async fn acquire_slot(node: &NodeInner) -> Result<tokio::sync::SemaphorePermit<'
             () = &mut stalled => {}
         }
     }
-}
-
-/// A store with the limits and the epoch callback installed.
-pub(crate) fn new_store(module: &LoadedModule, state: TaskState) -> Store<TaskState> {
-    let mut store = Store::new(module.pre.module().engine(), state);
-    store.limiter(|s| &mut s.limiter);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|mut ctx| {
-        let state = ctx.data_mut();
-        if state.charge_time() {
-            return Err(wasmtime::Error::new(TimeLimitExceeded));
-        }
-        // Let other tasks run; the clock restarts when this guest is scheduled again.
-        let clock = state.clock.clone();
-        Ok(UpdateDeadline::YieldCustom(
-            1,
-            Box::pin(async move {
-                tokio::task::yield_now().await;
-                clock.resume();
-            }),
-        ))
-    });
-    store
 }
 
 /// Instantiates the module and calls `__ferry_fn_<function>` with `args`.
