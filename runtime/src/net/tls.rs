@@ -121,6 +121,9 @@ fn invalid(path: &Path, reason: impl std::fmt::Display) -> TlsError {
     }
 }
 
+/// Writes a new file readable by its owner only, whole or not at all: the contents go to a
+/// temporary file in the same directory, synced, then linked to `path` (which must not
+/// exist: nothing is overwritten).
 fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -128,17 +131,72 @@ fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{:016x}", crate::ids::random_u64()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written.map_err(io)
+}
+
+/// Refuses a private key file that is not this user's or that other users could read or
+/// change.
+fn check_key_file(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(invalid(
+            path,
+            format!(
+                "the private key belongs to another user (uid {}); it must be this user's",
+                meta.uid()
+            ),
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(invalid(
+            path,
+            format!(
+                "the private key is open to other users (mode {mode:03o}); run `chmod 600 {}`",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `key` is the private key of `cert` (their public keys agree).
+fn check_key_matches(
+    cert: &CertificateDer<'static>,
+    key: &PrivateKeyDer<'static>,
+) -> Result<(), String> {
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(vec![cert.clone()], key.clone_key(), &provider)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 impl Credentials {
-    /// Reads `ca.pem`, `cert.pem` and `key.pem` from `dir`.
+    /// Reads `ca.pem`, `cert.pem` and `key.pem` from `dir`. Refuses a key file other users
+    /// could read or change (or that is another user's), a key that is not the certificate's,
+    /// and a certificate that names no ferry identity (number and role).
     pub fn load(dir: &Path) -> Result<Self, TlsError> {
         let ca_path = dir.join("ca.pem");
         let ca = CertificateDer::from_pem_slice(&read(&ca_path)?)
@@ -152,8 +210,15 @@ impl Credentials {
         }
         let identity = identity_of(&chain[0]).map_err(|e| invalid(&cert_path, e))?;
         let key_path = dir.join("key.pem");
+        check_key_file(&key_path)?;
         let key = PrivateKeyDer::from_pem_slice(&read(&key_path)?)
             .map_err(|e| invalid(&key_path, format!("not a PEM private key: {e}")))?;
+        check_key_matches(&chain[0], &key).map_err(|e| {
+            invalid(
+                &key_path,
+                format!("it is not the key of cert.pem ({e}); issue the credentials again"),
+            )
+        })?;
         Ok(Self {
             ca,
             chain,
@@ -309,14 +374,42 @@ fn ca_params() -> rcgen::CertificateParams {
     p
 }
 
-/// Valid from the start of this year for ten years.
+/// Valid from the start of the day before today (UTC: a day's margin for clocks that are
+/// behind) for ten years.
 fn validity(p: &mut rcgen::CertificateParams) {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let year = 1970 + (secs / 31_556_952) as i32;
-    p.not_before = rcgen::date_time_ymd(year, 1, 1);
-    p.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
+    let ((y, m, d), (y2, m2, d2)) = validity_dates(secs);
+    p.not_before = rcgen::date_time_ymd(y, m, d);
+    // 29 February ten years on may not exist: the first of March then.
+    p.not_after = if (m2, d2) == (2, 29) {
+        rcgen::date_time_ymd(y2, 3, 1)
+    } else {
+        rcgen::date_time_ymd(y2, m2, d2)
+    };
+}
+
+/// The first and the last day of validity of a certificate issued `secs` after the epoch.
+fn validity_dates(secs: u64) -> ((i32, u8, u8), (i32, u8, u8)) {
+    let today = (secs / 86_400) as i64;
+    let (y, m, d) = civil_from_days(today - 1);
+    ((y, m, d), (y + 10, m, d))
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
 }
 
 /// Makes a cluster CA in `dir` (`ca.pem`, `ca-key.pem`; the key readable by its owner only).
@@ -388,12 +481,25 @@ pub fn issue_cert(ca_dir: &Path, out: &Path, name: &str, role: Role) -> Result<(
         .map_err(|_| invalid(&ca_pem_path, "not UTF-8 PEM"))?;
     let ca_key_pem = String::from_utf8(read(&ca_key_path)?)
         .map_err(|_| invalid(&ca_key_path, "not UTF-8 PEM"))?;
+    check_key_file(&ca_key_path)?;
     let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem).map_err(|e| invalid(&ca_key_path, e))?;
+    {
+        let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .map_err(|e| invalid(&ca_pem_path, format!("not a PEM certificate: {e}")))?;
+        let key_der = PrivateKeyDer::from_pem_slice(ca_key_pem.as_bytes())
+            .map_err(|e| invalid(&ca_key_path, format!("not a PEM private key: {e}")))?;
+        check_key_matches(&ca_der, &key_der).map_err(|e| {
+            invalid(
+                &ca_key_path,
+                format!("it is not the key of {} ({e})", ca_pem_path.display()),
+            )
+        })?;
+    }
     let ca_params = rcgen::CertificateParams::from_ca_cert_pem(&ca_pem)
         .map_err(|e| invalid(&ca_pem_path, e))?;
     let ca = ca_params
         .self_signed(&ca_key)
-        .map_err(|e| invalid(&ca_key_path, format!("does not match ca.pem: {e}")))?;
+        .map_err(|e| invalid(&ca_key_path, e))?;
 
     let sans = match role {
         Role::Node => vec![NODE_NAME.to_owned()],
@@ -478,5 +584,98 @@ mod tests {
             .unwrap();
         let e = identity_of(cert.der()).unwrap_err();
         assert!(e.contains("names no ferry identity"), "{e}");
+    }
+
+    /// Certificates are valid at once, whatever the time of year they are issued (the year
+    /// once came from an average year length, so late on 31 December it was the next one).
+    #[test]
+    fn validity_starts_the_day_before_issue_on_every_day() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        // 2026-12-31 23:00 UTC.
+        let late = 1_798_758_000;
+        assert_eq!(civil_from_days(late / 86_400), (2026, 12, 31));
+        assert_eq!(validity_dates(late as u64).0, (2026, 12, 30));
+        // Every day from 1970 to 2200, at its first and last second.
+        let mut prev = civil_from_days(-1);
+        for day in 0..84_000i64 {
+            let date = civil_from_days(day);
+            assert!(date > prev, "{date:?} after {prev:?}");
+            for secs in [day * 86_400, day * 86_400 + 86_399] {
+                assert_eq!(validity_dates(secs as u64).0, prev);
+            }
+            prev = date;
+        }
+    }
+
+    fn issued(role: Role) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        create_ca(&ca).unwrap();
+        let out = dir.path().join("a");
+        issue_cert(&ca, &out, "a", role).unwrap();
+        (dir, ca, out)
+    }
+
+    #[test]
+    fn a_key_other_users_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, _ca, out) = issued(Role::Client);
+        let key = out.join("key.pem");
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Credentials::load(&out).unwrap_err().to_string();
+        assert!(e.contains("mode 644") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Credentials::load(&out).unwrap();
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused() {
+        let (dir, ca, out) = issued(Role::Node);
+        let other = dir.path().join("b");
+        issue_cert(&ca, &other, "b", Role::Node).unwrap();
+        std::fs::remove_file(out.join("key.pem")).unwrap();
+        std::fs::copy(other.join("key.pem"), out.join("key.pem")).unwrap();
+        let e = Credentials::load(&out).unwrap_err().to_string();
+        assert!(e.contains("not the key of cert.pem"), "{e}");
+    }
+
+    #[test]
+    fn issuing_with_a_ca_key_that_is_not_the_cas_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("ca-a"), dir.path().join("ca-b"));
+        create_ca(&a).unwrap();
+        create_ca(&b).unwrap();
+        std::fs::remove_file(a.join("ca-key.pem")).unwrap();
+        std::fs::copy(b.join("ca-key.pem"), a.join("ca-key.pem")).unwrap();
+        let e = issue_cert(&a, &dir.path().join("x"), "x", Role::Node)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not the key of"), "{e}");
+        assert!(!dir.path().join("x").join("cert.pem").exists());
+    }
+
+    #[test]
+    fn private_files_are_written_whole_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        write_private(&path, "one").unwrap();
+        let e = write_private(&path, "two").unwrap_err().to_string();
+        assert!(e.contains("exists"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("key.pem")],
+            "no temporary file left"
+        );
     }
 }
