@@ -201,7 +201,7 @@ pub struct Cluster {
     stopping: AtomicBool,
     /// Local events for the core (first and last references to other nodes' objects, frees,
     /// calls run for peers finishing), fed to it in order by `core_events`.
-    pub(super) events: tokio::sync::mpsc::UnboundedSender<LocalEvent>,
+    pub(super) events: crate::net::driver::EventQueue,
     /// Calls placed on other nodes: their specs (for the argument counts they hold) and where
     /// they run, until the core completes them.
     pub(super) remote_calls: Mutex<HashMap<ObjectId, (TaskSpec, NodeId)>>,
@@ -297,7 +297,6 @@ impl Cluster {
             worker: opts.worker,
             cores: node.cores(),
         };
-        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new_cyclic(|this| Self {
             me: me.clone(),
             node: Arc::downgrade(&node),
@@ -319,7 +318,7 @@ impl Cluster {
             bytes_pulled: AtomicU64::new(0),
             reports: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
-            events,
+            events: crate::net::driver::EventQueue::default(),
             remote_calls: Mutex::new(HashMap::new()),
             attachments: Mutex::new(HashMap::new()),
             identity,
@@ -331,7 +330,7 @@ impl Cluster {
         });
         {
             let c = cluster.clone();
-            net.spawn(async move { c.core_events(events_rx).await });
+            net.spawn(async move { c.core_events().await });
         }
         node.objects().set_remote(cluster.clone());
         if opts.listen.is_some() {
@@ -517,7 +516,12 @@ impl Cluster {
                 let _ = peer.set(id);
             }
             loop {
-                match conn.accept_bi().await {
+                // Requests open two-way streams; the core's packets come one-way.
+                let accepted = tokio::select! {
+                    bi = conn.accept_bi() => bi.map(|(send, recv)| (Some(send), recv)),
+                    uni = conn.accept_uni() => uni.map(|recv| (None, recv)),
+                };
+                match accepted {
                     Ok((send, recv)) => {
                         let (c, conn, peer) = (c.clone(), conn.clone(), peer.clone());
                         tokio::spawn(async move {
@@ -700,8 +704,9 @@ impl Cluster {
         })
     }
 
-    /// Sends `req` to node `id` with `raw` bytes after it, and waits for the answer.
-    pub(super) async fn request_with(
+    /// Sends `req` to node `id` on a one-way stream, with `raw` bytes after it: for the
+    /// core's packets, which its link acknowledges and repeats (so no answer is awaited).
+    pub(super) async fn send_oneway(
         &self,
         id: u64,
         req: &Request,
@@ -709,20 +714,12 @@ impl Cluster {
     ) -> Result<(), NetError> {
         let conn = self.peer(id).await?;
         let peer = conn.remote_address();
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| conn_err(peer, e))?;
+        let mut send = conn.open_uni().await.map_err(|e| conn_err(peer, e))?;
         write_frame(&mut send, req).await?;
         if let Some(raw) = raw {
             send.write_chunk(raw).await.map_err(|e| conn_err(peer, e))?;
         }
-        let _ = send.finish();
-        match read_frame::<Response>(&mut recv).await {
-            Ok(Response::Error(message)) => Err(NetError::Refused {
-                peer: peer.to_string(),
-                message,
-            }),
-            Ok(_) => Ok(()),
-            Err(e) => Err(conn_err(peer, e)),
-        }
+        send.finish().map_err(|e| conn_err(peer, e))
     }
 
     // ---- membership ----
@@ -780,11 +777,14 @@ impl Cluster {
 
     // ---- serving ----
 
+    /// Serves one request: on a two-way stream (`send`) it is answered; a one-way stream
+    /// carries only the core's packets (`Packets`, `PacketWithObject`), whose refusals are
+    /// logged (the sender's link repeats what was not acknowledged).
     async fn handle(
         &self,
         conn: &Connection,
         peer: &OnceLock<u64>,
-        mut send: SendStream,
+        send: Option<SendStream>,
         mut recv: RecvStream,
     ) -> Result<(), NetError> {
         let who = conn.remote_address().to_string();
@@ -796,6 +796,22 @@ impl Cluster {
             })?;
         let Some(node) = self.node() else {
             return Ok(());
+        };
+        let mut send = match send {
+            Some(send) => send,
+            None => {
+                let response = match req {
+                    Request::Packets(_) | Request::PacketWithObject(..) => {
+                        self.handle_packets(conn, peer, &*node, req, &mut recv)
+                            .await
+                    }
+                    _ => Response::Error("refused: only packets travel one-way".into()),
+                };
+                if let Response::Error(e) = response {
+                    tracing::debug!("one-way request from {who}: {e}");
+                }
+                return Ok(());
+            }
         };
         if peer.get().is_none() && !matches!(req, Request::Hello(_) | Request::Members) {
             let r = Response::Error("refused: a connection says Hello first".into());
@@ -824,45 +840,10 @@ impl Cluster {
                 }
                 Response::Welcome(self.me.clone())
             }
-            Request::PacketWithObject(packet, header) => {
-                let (Some(&from), Ok(identity)) = (peer.get(), peer_identity(conn)) else {
-                    let r = Response::Error("refused: a connection says Hello first".into());
-                    return reply(&mut send, &r, None).await;
-                };
-                // Only an inline result of a call this node placed on the sender carries an
-                // object: nothing else may make this node allocate.
-                let id = match &packet.msg {
-                    Some(ferry_core::Message::Done {
-                        result,
-                        outcome: ferry_core::Outcome::Inline { .. },
-                    }) if self.expects_inline(*result, from)
-                        && header.total_len <= ferry_core::tasks::INLINE_MAX
-                        && header.contained.is_empty() =>
-                    {
-                        *result
-                    }
-                    _ => {
-                        let r = Response::Error(
-                            "refused: only the inline result (at most 64 KiB, holding no refs) \
-                             of a call placed on the sender carries an object"
-                                .into(),
-                        );
-                        return reply(&mut send, &r, None).await;
-                    }
-                };
-                // If the bytes do not arrive, the `Done` still goes to the core (the result
-                // then fails for want of them): a link never stalls behind one transfer.
-                match self.receive_object(&*node, &header, &mut recv).await {
-                    Ok(sealed) => self.attach(id, sealed),
-                    Err(e) => tracing::debug!("inline result {id} from node {from} lost: {e}"),
-                }
-                self.arc().on_packets(from, identity, vec![packet])
+            req @ (Request::Packets(_) | Request::PacketWithObject(..)) => {
+                self.handle_packets(conn, peer, &*node, req, &mut recv)
+                    .await
             }
-            Request::Packets(packets) => match (peer.get(), peer_identity(conn)) {
-                (Some(&from), Ok(identity)) => self.arc().on_packets(from, identity, packets),
-                (_, Err(e)) => Response::Error(format!("refused: {e}")),
-                (None, _) => Response::Error("refused: a connection says Hello first".into()),
-            },
             Request::Members => Response::Members(self.members().await),
             Request::Module(id) => match node.module_bytes(id) {
                 Some(bytes) => {
@@ -877,6 +858,54 @@ impl Cluster {
             }
         };
         reply(&mut send, &response, None).await
+    }
+
+    /// Feeds the core a peer's packets (and the bytes of an inline result that came with
+    /// one).
+    async fn handle_packets(
+        &self,
+        conn: &Connection,
+        peer: &OnceLock<u64>,
+        node: &dyn LocalNode,
+        req: Request,
+        recv: &mut RecvStream,
+    ) -> Response {
+        let (Some(&from), Ok(identity)) = (peer.get(), peer_identity(conn)) else {
+            return Response::Error("refused: a connection says Hello first".into());
+        };
+        match req {
+            Request::PacketWithObject(packet, header) => {
+                // Only an inline result of a call this node placed on the sender carries an
+                // object: nothing else may make this node allocate.
+                let id = match &packet.msg {
+                    Some(ferry_core::Message::Done {
+                        result,
+                        outcome: ferry_core::Outcome::Inline { .. },
+                    }) if self.expects_inline(*result, from)
+                        && header.total_len <= ferry_core::tasks::INLINE_MAX
+                        && header.contained.is_empty() =>
+                    {
+                        *result
+                    }
+                    _ => {
+                        return Response::Error(
+                            "refused: only the inline result (at most 64 KiB, holding no refs) \
+                             of a call placed on the sender carries an object"
+                                .into(),
+                        );
+                    }
+                };
+                // If the bytes do not arrive, the `Done` still goes to the core (the result
+                // then fails for want of them): a link never stalls behind one transfer.
+                match self.receive_object(node, &header, recv).await {
+                    Ok(sealed) => self.attach(id, sealed),
+                    Err(e) => tracing::debug!("inline result {id} from node {from} lost: {e}"),
+                }
+                self.arc().on_packets(from, identity, vec![packet])
+            }
+            Request::Packets(packets) => self.arc().on_packets(from, identity, packets),
+            _ => Response::Error("refused: not packets".into()),
+        }
     }
 
     /// Why a peer may not join as `info` says, if it may not: see [`check_hello`]; and an id
@@ -1084,7 +1113,7 @@ impl RemoteObjects for Cluster {
     fn freed(&self, id: ObjectId) {
         // The core knows where the copy is (`Place::Held`) and sends the `FreeCopy` behind
         // the borrows sent before it.
-        let _ = self.events.send(LocalEvent::Freed(id));
+        self.events.push(LocalEvent::Freed(id));
     }
 
     fn location(&self, id: ObjectId) -> ObjectLocation {
@@ -1092,11 +1121,11 @@ impl RemoteObjects for Cluster {
     }
 
     fn borrow(&self, id: ObjectId) {
-        let _ = self.events.send(LocalEvent::Hold(id));
+        self.events.push(LocalEvent::Hold(id));
     }
 
     fn unborrow(&self, id: ObjectId) {
-        let _ = self.events.send(LocalEvent::Drop(id));
+        self.events.push(LocalEvent::Drop(id));
     }
 }
 

@@ -68,6 +68,8 @@ impl Cluster {
             let Some(core) = guard.as_mut() else {
                 return;
             };
+            // The table's events (borrows, frees) that happened before this input go first.
+            self.drain_events(core);
             f(core);
             let outputs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
             (outputs, core.membership().version())
@@ -180,31 +182,45 @@ impl Cluster {
         }
     }
 
-    /// Feeds the core the table's events (first and last references to other nodes'
-    /// objects, frees, calls run for peers finishing), in the order they happened.
-    pub(super) async fn core_events(
-        self: Arc<Self>,
-        mut rx: tokio::sync::mpsc::UnboundedReceiver<LocalEvent>,
-    ) {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while let Ok(e) = rx.try_recv() {
-                batch.push(e);
-                if batch.len() == 4096 {
-                    break;
-                }
+    /// Feeds the core the events queued while nobody else had it (`with_core` feeds them
+    /// first whenever it runs).
+    pub(super) async fn core_events(self: Arc<Self>) {
+        loop {
+            self.events.ready.notified().await;
+            if self.is_stopping() {
+                return;
             }
-            let node = self.node();
-            let now = Instant::now();
-            self.with_core(|core| {
-                for e in batch {
-                    match &node {
-                        Some(n) => core.handle_local(now, e, &TableView(n.objects())),
-                        None => core.handle_local(now, e, &NoObjects),
-                    }
-                }
-            });
+            self.with_core(|_| {});
         }
+    }
+
+    /// Feeds the core the queued events, in the order they happened (under the core's lock,
+    /// before anything else reaches it).
+    fn drain_events(&self, core: &mut NodeCore) {
+        let batch = std::mem::take(&mut *self.events.lock());
+        if batch.is_empty() {
+            return;
+        }
+        let node = self.node();
+        let now = Instant::now();
+        for e in batch {
+            match &node {
+                Some(n) => core.handle_local(now, e, &TableView(n.objects())),
+                None => core.handle_local(now, e, &NoObjects),
+            }
+        }
+    }
+
+    /// Feeds the core one local event now, after every event queued before it.
+    pub(super) fn local_event(self: &Arc<Self>, e: LocalEvent) {
+        let node = self.node();
+        self.with_core(|core| {
+            let now = Instant::now();
+            match &node {
+                Some(n) => core.handle_local(now, e, &TableView(n.objects())),
+                None => core.handle_local(now, e, &NoObjects),
+            }
+        });
     }
 
     /// Runs a call the core accepted from `owner`, keeping its result here for the owner
@@ -236,14 +252,14 @@ impl Cluster {
                 None
             };
             if let Some(finished) = early {
-                let _ = c.events.send(LocalEvent::TaskFinished { result, finished });
+                c.local_event(LocalEvent::TaskFinished { result, finished });
                 return;
             }
             // One count held for the owner (until the core's `Unhold`), one for the task; never
             // over an entry in use (checked again: the module load above may have taken a while).
             if !objects.insert_pending_new(result, 2) {
                 let finished = failed(format!("the result id {result} is already in use here"));
-                let _ = c.events.send(LocalEvent::TaskFinished { result, finished });
+                c.local_event(LocalEvent::TaskFinished { result, finished });
                 return;
             }
             objects.mark_hosted(result);
@@ -265,8 +281,9 @@ impl Cluster {
                 Some(ObjectState::Failed(e)) => Finished::Failed(encode_error(&e)),
                 other => failed(format!("the result vanished ({other:?})")),
             };
-            // After the borrows of what the result holds (the same queue, in order).
-            let _ = c.events.send(LocalEvent::TaskFinished { result, finished });
+            // After the borrows of what the result holds (`local_event` feeds the queued
+            // ones first).
+            c.local_event(LocalEvent::TaskFinished { result, finished });
         });
     }
 
@@ -323,12 +340,12 @@ impl Cluster {
                 Some(sealed) => {
                     let header = object_header(&sealed, Vec::new());
                     let req = Request::PacketWithObject(packet, header);
-                    c.request_with(to.0, &req, Some(store_bytes(sealed))).await
+                    c.send_oneway(to.0, &req, Some(store_bytes(sealed))).await
                 }
-                None => c
-                    .request(to.0, &Request::Packets(vec![packet]))
-                    .await
-                    .map(|_| ()),
+                None => {
+                    c.send_oneway(to.0, &Request::Packets(vec![packet]), None)
+                        .await
+                }
             };
             c.report_sent(to, sent);
         });
@@ -379,7 +396,7 @@ impl Cluster {
                             let objects = node.objects().clone();
                             drop(node);
                             objects.wait_many(&[id], 1, None, WaitFlags::All).await;
-                            let _ = c.events.send(LocalEvent::Completed(id));
+                            c.local_event(LocalEvent::Completed(id));
                         }
                     });
                 }
@@ -522,6 +539,28 @@ impl Cluster {
 
 // ---- calls and reference counts through the core ----
 
+/// Events of the local table for the core (first and last references to other nodes'
+/// objects, frees, wants), in the order they happened. The table pushes them without
+/// waiting for the core; whoever takes the core next feeds them to it first
+/// (`Cluster::with_core`), and `core_events` does when nobody else comes.
+#[derive(Debug, Default)]
+pub(crate) struct EventQueue {
+    queue: std::sync::Mutex<Vec<LocalEvent>>,
+    ready: tokio::sync::Notify,
+}
+
+impl EventQueue {
+    /// Queues `e`.
+    pub(crate) fn push(&self, e: LocalEvent) {
+        self.lock().push(e);
+        self.ready.notify_one();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<LocalEvent>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A local wait on another node's object, until the core resolves it.
 pub(crate) enum Wait {
     /// A pull: the object's bytes (and the refs it contains), or why not.
@@ -551,7 +590,7 @@ impl Cluster {
             .entry(id)
             .or_default()
             .push(Wait::Fetch(tx));
-        let _ = self.events.send(LocalEvent::Want { id, fetch: true });
+        self.local_event(LocalEvent::Want { id, fetch: true });
         rx.await
             .unwrap_or_else(|_| Err(PullError::Unavailable("the node is stopping".into())))
     }
@@ -569,7 +608,7 @@ impl Cluster {
             .entry(id)
             .or_default()
             .push(Wait::Watch(interest, done));
-        let _ = self.events.send(LocalEvent::Want { id, fetch: false });
+        self.events.push(LocalEvent::Want { id, fetch: false });
     }
 
     /// Where an object whose bytes are not on this node is, as the core knows: this node's
@@ -619,7 +658,7 @@ impl Cluster {
                     Err(detail)
                 }
             };
-            let _ = c.events.send(LocalEvent::Fetched { id, from, result });
+            c.local_event(LocalEvent::Fetched { id, from, result });
         });
     }
 

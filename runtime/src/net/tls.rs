@@ -302,6 +302,8 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(6 << 20));
     t.send_window(6 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
+    // The core's packets travel one-way (the link acknowledges them itself).
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(4096));
     // Let path MTU discovery go past Ethernet's 1500 bytes where the path allows it (loopback,
     // jumbo-frame networks): fewer packets per byte. Discovery probes, so a smaller path MTU
     // costs nothing but the probes. It only goes as high as the peer accepts: see
