@@ -422,7 +422,9 @@ impl NodeCore {
                     (_, Some(LocalState::Ready { len })) => (self.me, len),
                     _ => continue,
                 };
-                *bytes.entry(at).or_default() += len;
+                // Lengths come from peers (`Held`): saturate, never overflow.
+                let sum = bytes.entry(at).or_default();
+                *sum = sum.saturating_add(len);
             }
         }
         let held = |id: NodeId| bytes.get(&id).copied().unwrap_or(0);
@@ -430,7 +432,7 @@ impl NodeCore {
         if self.config.me.worker {
             candidates.push(Candidate {
                 id: self.me,
-                busy: running + queued,
+                busy: running.saturating_add(queued),
                 queued,
                 cores: self.config.me.cores,
                 bytes: held(self.me),
@@ -440,7 +442,8 @@ impl NodeCore {
             let sent = self.tasks.inflight(m.info.id);
             candidates.push(Candidate {
                 id: m.info.id,
-                busy: (m.load.running + m.load.queued).max(sent),
+                // A peer's report: saturate, never overflow.
+                busy: m.load.running.saturating_add(m.load.queued).max(sent),
                 queued: m.load.queued.max(sent),
                 cores: m.info.cores,
                 bytes: held(m.info.id),
@@ -970,5 +973,56 @@ mod tests {
         c.handle_packet(now, from, hello(me, false), &view);
         assert_eq!(c.members().len(), 2);
         assert!(!c.members()[1].info.worker);
+    }
+
+    /// Figures from peers are summed with saturation: a node reporting a load of `u64::MAX`
+    /// calls, or arguments of `u64::MAX` bytes, cannot make placement overflow.
+    #[test]
+    fn placement_survives_huge_figures() {
+        let (a, b) = (NodeId::new(1, 1), NodeId::new(2, 1));
+        let mut head = core(a);
+        struct Huge;
+        impl LocalView for Huge {
+            fn local(&self, _id: ObjectId) -> Option<LocalState> {
+                Some(LocalState::Ready { len: u64::MAX })
+            }
+        }
+        let from = Sender {
+            node: b,
+            identity: Identity {
+                cert: 2,
+                role: Role::Node,
+            },
+        };
+        let now = Instant::now();
+        let packet = |msg| Packet {
+            seq: 0,
+            ack: 0,
+            msg: Some(msg),
+        };
+        let hello = Message::Hello(NodeInfo {
+            id: b,
+            addr: None,
+            worker: true,
+            cores: 1,
+        });
+        head.handle_packet(now, from, packet(hello), &Huge);
+        let load = Load {
+            running: u64::MAX,
+            queued: u64::MAX,
+            ..Load::default()
+        };
+        head.handle_packet(now, from, packet(Message::Heartbeat(load)), &Huge);
+        let spec = TaskSpec {
+            module: ferry_abi::ModuleId([0; 32]),
+            function: "f".into(),
+            args: vec![
+                CallArg::Object(ObjectId::new(a.0, 1)),
+                CallArg::Object(ObjectId::new(a.0, 2)),
+            ],
+            result: ObjectId::new(a.0, 3),
+        };
+        let placed = head.submit(now, spec, u64::MAX, u64::MAX, &Huge);
+        assert!(placed.is_ok(), "{placed:?}");
     }
 }

@@ -1,9 +1,14 @@
 //! Spilling: objects pushed out of a full store into files, and read back on demand.
 //!
 //! Each node spills into a directory of its own (created private under the configured
-//! directory, removed when the node stops). A spilled object is one file holding the object's
-//! bytes exactly as they were in the store; its layout stays in memory. The file is deleted
-//! when the object is freed or read back into memory ([`Spilled`]'s `Drop`).
+//! directory, removed when the node stops). The configured directory must be this user's (or
+//! root's), and writable by no one else unless it is sticky (as `/tmp` is): another user
+//! could otherwise swap the node's directory for one of theirs. A spilled object is one file
+//! holding the object's bytes exactly as they were in the store, under a name of its own
+//! (a second spill of the same object never shares a file with the first); its layout and a
+//! keyed hash of its bytes stay in memory, and reading it back checks the hash, so a file
+//! changed on disk is an error, never a different object. The file is deleted when the
+//! object is freed or read back into memory ([`Spilled`]'s `Drop`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -18,15 +23,27 @@ use super::{Layout, Sealed};
 use crate::error::StoreError;
 
 /// A node's spill directory and its figures.
-#[derive(Debug)]
 pub struct SpillDir {
     dir: PathBuf,
+    /// The key of the hashes that authenticate spill files (random, in memory only).
+    key: [u8; 32],
+    /// Numbers spill files, so that no two spills share a name.
+    next_file: AtomicU64,
     /// Most bytes that may be spilled at once (`None`: as much as the disk holds).
     capacity: Option<u64>,
     used: AtomicU64,
     objects: AtomicU64,
     spilled_total: AtomicU64,
     restored_total: AtomicU64,
+}
+
+impl std::fmt::Debug for SpillDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpillDir")
+            .field("dir", &self.dir)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Figures about spilling.
@@ -56,6 +73,7 @@ impl SpillDir {
             .mode(0o700)
             .create(parent)
             .map_err(io("create the spill directory", parent))?;
+        check_parent(parent)?;
         let dir = parent.join(format!(
             "node-{}-{:016x}",
             std::process::id(),
@@ -65,8 +83,12 @@ impl SpillDir {
             .mode(0o700)
             .create(&dir)
             .map_err(io("create the spill directory", &dir))?;
+        let mut key = [0u8; 32];
+        crate::ids::secure_random(&mut key);
         Ok(Arc::new(Self {
             dir,
+            key,
+            next_file: AtomicU64::new(0),
             capacity,
             used: AtomicU64::new(0),
             objects: AtomicU64::new(0),
@@ -92,10 +114,12 @@ impl SpillDir {
         let len = object.len() as u64;
         // Reserve the bytes first, so concurrent spills cannot overshoot the capacity.
         let before = self.used.fetch_add(len, Ordering::Relaxed);
+        let n = self.next_file.fetch_add(1, Ordering::Relaxed);
         let spilled = Spilled {
-            path: self.dir.join(id.to_string()),
+            path: self.dir.join(format!("{id}-{n}")),
             layout: object.layout().clone(),
             len,
+            hash: blake3::keyed_hash(&self.key, object.bytes()),
             counted: AtomicBool::new(true),
             dir: self.clone(),
         };
@@ -121,6 +145,44 @@ impl SpillDir {
     }
 }
 
+/// Refuses a spill directory's parent that another user could tamper with: it must belong to
+/// this user or root, and be writable by no one else unless it is sticky (then others cannot
+/// rename or delete what is ours in it, and our directory's name is random and made
+/// atomically).
+fn check_parent(parent: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(parent).map_err(|source| StoreError::Io {
+        what: "inspect the spill directory",
+        path: parent.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mode = meta.mode();
+    let sticky = mode & 0o1000 != 0;
+    let why = if meta.uid() != me && meta.uid() != 0 {
+        Some(format!("it belongs to another user (uid {})", meta.uid()))
+    } else if mode & 0o022 != 0 && !sticky {
+        Some(format!(
+            "other users can write to it (mode {:03o}) and it is not sticky",
+            mode & 0o777
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(StoreError::Io {
+            what: "use the spill directory",
+            path: parent.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{why}; choose a directory only this user can change"),
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 impl Drop for SpillDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -135,6 +197,8 @@ pub struct Spilled {
     len: u64,
     /// Whether `len` counts towards the directory's bytes (see [`Spilled::uncount`]).
     counted: AtomicBool,
+    /// The keyed hash of the bytes written.
+    hash: blake3::Hash,
     dir: Arc<SpillDir>,
 }
 
@@ -175,6 +239,12 @@ impl Spilled {
             )));
         }
         f.read_exact(dst)?;
+        if blake3::keyed_hash(&self.dir.key, dst) != self.hash {
+            return Err(std::io::Error::other(format!(
+                "spill file {} was changed on disk since it was written",
+                self.path.display()
+            )));
+        }
         self.dir.restored_total.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -196,5 +266,64 @@ impl Drop for Spilled {
         if self.counted.load(Ordering::Acquire) {
             self.dir.used.fetch_sub(self.len, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::store::ObjectStore;
+
+    fn object(store: &ObjectStore, fill: u8) -> Arc<Sealed> {
+        let layout = Layout::plan(4096, &[]).unwrap();
+        let mut block = store.allocate_object(layout).unwrap();
+        block.as_mut_slice().fill(fill);
+        block.seal()
+    }
+
+    #[test]
+    fn a_parent_other_users_can_write_is_refused_unless_sticky() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = SpillDir::create(&open, None).unwrap_err().to_string();
+        assert!(e.contains("other users can write"), "{e}");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        SpillDir::create(&open, None).unwrap();
+    }
+
+    #[test]
+    fn a_spill_file_changed_on_disk_is_refused_on_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::create(dir.path(), 1 << 20).unwrap();
+        let spill = SpillDir::create(&dir.path().join("spill"), None).unwrap();
+        let sealed = object(&store, 7);
+        let id = ObjectId::new(1, 1);
+        let spilled = spill.write(id, &sealed).unwrap();
+        let mut bytes = std::fs::read(&spilled.path).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&spilled.path, &bytes).unwrap();
+        let mut back = vec![0u8; sealed.len()];
+        let e = spilled.read_into(&mut back).unwrap_err().to_string();
+        assert!(e.contains("changed on disk"), "{e}");
+    }
+
+    #[test]
+    fn a_second_spill_of_one_object_keeps_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::create(dir.path(), 1 << 20).unwrap();
+        let spill = SpillDir::create(&dir.path().join("spill"), None).unwrap();
+        let sealed = object(&store, 3);
+        let id = ObjectId::new(1, 1);
+        // A reader still holds the first spill while the object is spilled again.
+        let first = spill.write(id, &sealed).unwrap();
+        let second = spill.write(id, &sealed).unwrap();
+        drop(first);
+        let mut back = vec![0u8; sealed.len()];
+        second.read_into(&mut back).unwrap();
+        assert_eq!(back, sealed.bytes());
     }
 }

@@ -116,8 +116,8 @@ impl Windows {
             Err(e) => return give_back(caller, format!("mmap failed: {e}")),
         };
         let w = windows(caller.data_mut());
-        w.next_handle = w.next_handle.wrapping_add(1).max(1);
-        let handle = w.next_handle;
+        let active = &w.active;
+        let handle = take_handle(&mut w.next_handle, |h| active.contains_key(&h));
         w.active.insert(
             handle,
             Window {
@@ -171,10 +171,39 @@ impl Windows {
     }
 }
 
+/// The next window handle after `next` that is not `in_use` (never 0). Handles wrap after
+/// `u32::MAX`; a handle still in use is skipped, so a window is never replaced (which would
+/// leave its mapping in place). Fewer than 2^16 windows fit in a 4 GiB memory, so the search
+/// is short.
+fn take_handle(next: &mut u32, in_use: impl Fn(u32) -> bool) -> u32 {
+    loop {
+        *next = next.wrapping_add(1).max(1);
+        if !in_use(*next) {
+            return *next;
+        }
+    }
+}
+
 impl Drop for Windows {
     fn drop(&mut self) {
         // Runs while the memory is still alive: a `Store` drops its data before its instances,
         // and `into_data` is only called after `restore_all`.
         self.restore_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_handle;
+
+    #[test]
+    fn handles_wrap_without_replacing_a_window_in_use() {
+        let mut next = u32::MAX - 1;
+        let in_use = [u32::MAX, 1, 2];
+        let busy = |h| in_use.contains(&h);
+        assert_eq!(take_handle(&mut next, busy), 3, "skips MAX, 0, 1 and 2");
+        assert_eq!(take_handle(&mut next, busy), 4);
+        let mut next = 0;
+        assert_eq!(take_handle(&mut next, |_| false), 1);
     }
 }
