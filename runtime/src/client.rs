@@ -102,7 +102,7 @@ impl Client {
         self.inner().id
     }
 
-    fn inner(&self) -> &Arc<NodeInner> {
+    pub(crate) fn inner(&self) -> &Arc<NodeInner> {
         self.node.inner()
     }
 

@@ -92,6 +92,28 @@ async fn a_memory_bomb_hits_the_memory_limit() {
     assert_eq!(client.get(&r).await.unwrap(), 8 << 20);
 }
 
+/// One large object named as several arguments must not make the host copy it once per
+/// argument past what the guest could ever receive: the arguments are bounded by the guest's
+/// memory limit before any is copied.
+#[tokio::test]
+async fn arguments_larger_than_the_guests_memory_are_refused_before_copying() {
+    let (_d, client, module) = node_with_guest();
+    // 34 MiB in band (a String is not a Blob), named twice: 68 MiB against the test node's
+    // 64 MiB limit.
+    let big = client.put(&"x".repeat(34 << 20)).unwrap();
+    let args = (big.clone(), big.clone());
+    let r: ObjectRef<i64> = module.call("make_bundle", args).unwrap();
+    let err = client.get(&r).await.unwrap_err();
+    match task_kind(&err) {
+        TaskErrorKind::BadArguments { detail } => {
+            assert!(detail.contains("over the guest's memory limit"), "{detail}")
+        }
+        other => panic!("expected BadArguments, got {other:?}"),
+    }
+    drop(big);
+    still_serving(&client, &module).await;
+}
+
 #[tokio::test]
 async fn unknown_functions_and_wrong_arity_fail_at_submission() {
     let (_d, client, module) = node_with_guest();

@@ -119,6 +119,48 @@ async fn execute<'a>(
     //    buffer. postcard encodes a tuple as its fields one after another, so the buffer is
     //    the encoding of the whole parameter tuple. An argument's out-of-band buffers stay in
     //    the store; the guest reads them by argument position (`buffer(k, i)`).
+    //    Checked first: the function exists and takes this many arguments (a call from a
+    //    peer was never checked against the signature), and the arguments together fit in
+    //    the guest's memory, before any of them is copied (one large object named a
+    //    thousand times must not make the host allocate a thousand copies).
+    let Some(module) = node.modules.get(&spec.module) else {
+        return Err(TaskErrorKind::Host {
+            detail: format!("module {} is not loaded on this node", spec.module),
+        });
+    };
+    let Some(sig) = module.functions.get(&spec.function) else {
+        return Err(TaskErrorKind::UnknownFunction {
+            module: spec.module,
+        });
+    };
+    if sig.params.len() != spec.args.len() {
+        return Err(TaskErrorKind::BadArguments {
+            detail: format!(
+                "{} arguments for {} parameters ({})",
+                spec.args.len(),
+                sig.params.len(),
+                sig.display_signature()
+            ),
+        });
+    }
+    let limit = node.config.memory_limit;
+    let too_large = |total: u64| TaskErrorKind::BadArguments {
+        detail: format!(
+            "the arguments' in-band parts take {total} bytes or more, over the guest's memory \
+             limit of {limit} bytes; pass large values as Blob or Buffer"
+        ),
+    };
+    let mut total: u64 = spec
+        .args
+        .iter()
+        .map(|a| match a {
+            CallArg::Value { bytes, .. } => bytes.len() as u64,
+            CallArg::Object(_) => 0,
+        })
+        .fold(0, u64::saturating_add);
+    if total > limit {
+        return Err(too_large(total));
+    }
     let mut args = Vec::new();
     let mut grants = Vec::new();
     let mut arg_objects = Vec::with_capacity(spec.args.len());
@@ -131,6 +173,10 @@ async fn execute<'a>(
             }
             CallArg::Object(id) => match node.objects.wait_object(*id, None).await {
                 Ok((sealed, contained)) => {
+                    total = total.saturating_add(sealed.meta().len() as u64);
+                    if total > limit {
+                        return Err(too_large(total));
+                    }
                     args.extend_from_slice(sealed.meta());
                     grants.extend(contained);
                     arg_objects.push((!sealed.layout().buffers.is_empty()).then_some(sealed));
@@ -157,17 +203,6 @@ async fn execute<'a>(
                 }
             },
         }
-    }
-
-    let Some(module) = node.modules.get(&spec.module) else {
-        return Err(TaskErrorKind::Host {
-            detail: format!("module {} is not loaded on this node", spec.module),
-        });
-    };
-    if !module.functions.contains_key(&spec.function) {
-        return Err(TaskErrorKind::UnknownFunction {
-            module: spec.module,
-        });
     }
 
     // 2. A pooled instance slot.
@@ -326,5 +361,52 @@ fn failure_kind(f: GuestFailure) -> TaskErrorKind {
             message: f.message,
             cause: f.cause,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Client;
+    use crate::config::NodeConfig;
+
+    /// A call from a peer is never checked against the signature before it runs (a driver's
+    /// is, at submission): the task itself refuses the wrong number of arguments.
+    #[test]
+    fn a_call_with_the_wrong_number_of_arguments_is_refused_before_it_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = NodeConfig {
+            store_dir: dir.path().to_path_buf(),
+            store_capacity: 16 << 20,
+            cache_dir: Some(dir.path().join("cache")),
+            spill_dir: None,
+            ..NodeConfig::default()
+        };
+        let client = Client::embedded_with(config).unwrap();
+        let module = client.load(&ferry_tests::testguest_wasm()).unwrap();
+        let node = client.inner().clone();
+        let spec = TaskSpec {
+            module: module.id(),
+            function: "add".into(),
+            args: vec![CallArg::Value {
+                bytes: vec![2],
+                refs: Vec::new(),
+            }],
+            result: node.ids.next(),
+        };
+        let result = spec.result;
+        node.objects.insert_pending(result, 2);
+        let n = node.clone();
+        node.block_on(async move { run_task(n, spec).await })
+            .unwrap();
+        match node.objects.state(result) {
+            Some(crate::objects::ObjectState::Failed(e)) => match &e.kind {
+                TaskErrorKind::BadArguments { detail } => {
+                    assert!(detail.contains("1 arguments for 2 parameters"), "{detail}")
+                }
+                other => panic!("expected BadArguments, got {other:?}"),
+            },
+            other => panic!("expected a failure, got {other:?}"),
+        }
     }
 }
