@@ -466,7 +466,12 @@ impl ModuleHandle {
         function: &str,
         args: Vec<CallArg>,
     ) -> Result<ObjectRef<R>, CallError> {
-        let id = self.client.inner().submit(self.id(), function, args)?;
+        let id = self.client.inner().submit(
+            self.id(),
+            function,
+            args,
+            crate::node::CallOrigin::Driver,
+        )?;
         Ok(ObjectRef::adopt(id))
     }
 

@@ -40,6 +40,16 @@ pub struct NodeConfig {
     /// How often running guests are interrupted to check their time limit and let others run.
     /// Default: 10 ms.
     pub epoch_tick: Duration,
+    /// Most calls this node holds unfinished (its own, queued or running here, and the calls
+    /// it runs for other nodes). Calls made by guests may take three quarters of them; past
+    /// that a guest's call fails with [`CallError::Overloaded`](crate::CallError::Overloaded),
+    /// so a self-forking guest cannot keep drivers' calls out. Past the whole limit a driver's
+    /// call fails the same way, and a peer's call fails with a host error. Default: 100,000.
+    pub max_pending_calls: u64,
+    /// Most unfinished calls one running task may have made (its children still queued or
+    /// running); past that its next call fails with
+    /// [`CallError::Overloaded`](crate::CallError::Overloaded). Default: 10,000.
+    pub max_calls_per_task: u64,
 }
 
 impl Default for NodeConfig {
@@ -63,6 +73,8 @@ impl Default for NodeConfig {
             memory_limit: 1 << 30,
             max_instances: 1000,
             epoch_tick: Duration::from_millis(10),
+            max_pending_calls: 100_000,
+            max_calls_per_task: 10_000,
         }
     }
 }

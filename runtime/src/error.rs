@@ -379,6 +379,21 @@ pub enum CallError {
         #[source]
         source: PutError,
     },
+    /// The node holds as many unfinished calls as it accepts from this caller
+    /// ([`NodeConfig::max_pending_calls`](crate::NodeConfig::max_pending_calls)), or the
+    /// calling task has as many unfinished calls as one task may
+    /// ([`NodeConfig::max_calls_per_task`](crate::NodeConfig::max_calls_per_task)). Try again
+    /// once some have finished.
+    #[error("too many unfinished calls: {pending} of {limit} {scope}; try again once some finish")]
+    Overloaded {
+        /// The unfinished calls counted.
+        pending: u64,
+        /// The limit they reached.
+        limit: u64,
+        /// Whose calls were counted ("on this node for drivers", "on this node for calls made
+        /// by guests", "made by this task").
+        scope: &'static str,
+    },
     /// The node is shutting down.
     #[error("the node shut down")]
     NodeStopped,

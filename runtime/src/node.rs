@@ -82,6 +82,15 @@ pub struct NodeInner {
     _engine: Arc<WasmEngine>,
 }
 
+/// Who makes a call, for the node's limit on unfinished calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOrigin {
+    /// A driver (a `Client`), on this node.
+    Driver,
+    /// A running guest (a nested call): it may take three quarters of the limit.
+    Guest,
+}
+
 impl NodeInner {
     /// Submits a call of `function` in `module`. Returns the id of its result object, holding
     /// one reference for the caller. Checks the function and the argument count now; the rest
@@ -94,9 +103,11 @@ impl NodeInner {
         module: ModuleId,
         function: &str,
         args: Vec<CallArg>,
+        caller: CallOrigin,
     ) -> Result<ObjectId, CallError> {
         let held = TaskSpec::refs_of(&args);
         self.check_call(module, function, args.len())
+            .and_then(|()| self.check_room(caller))
             .inspect_err(|_| {
                 self.objects.release_all(&held);
             })?;
@@ -135,6 +146,30 @@ impl NodeInner {
             run_task(self.clone(), spec).await;
             self.tasks_finished.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Calls held unfinished here: queued or running (its own and its peers').
+    fn pending_calls(&self) -> u64 {
+        let submitted = self.tasks_submitted.load(Ordering::Relaxed);
+        submitted.saturating_sub(self.tasks_finished.load(Ordering::Relaxed))
+    }
+
+    /// Whether the node takes one more call from `caller` ([`NodeConfig::max_pending_calls`]).
+    fn check_room(&self, caller: CallOrigin) -> Result<(), CallError> {
+        let max = self.config.max_pending_calls;
+        let (limit, scope) = match caller {
+            CallOrigin::Driver => (max, "on this node"),
+            CallOrigin::Guest => (max / 4 * 3, "on this node for calls made by guests"),
+        };
+        let pending = self.pending_calls();
+        if pending >= limit {
+            return Err(CallError::Overloaded {
+                pending,
+                limit,
+                scope,
+            });
+        }
+        Ok(())
     }
 
     /// Calls running now, and calls waiting (for arguments or an instance).
@@ -385,6 +420,19 @@ impl LocalNode for NodeInner {
     }
 
     fn run(self: Arc<Self>, spec: TaskSpec) -> BoxFuture<()> {
+        if let Err(e) = self.check_room(CallOrigin::Driver) {
+            // Refused like a call that failed here: the peer's result says why.
+            let err = crate::error::TaskError {
+                function: spec.function.clone(),
+                node: self.id,
+                kind: crate::error::TaskErrorKind::Host {
+                    detail: format!("node {} refused the call: {e}", self.id),
+                },
+            };
+            self.objects
+                .complete(spec.result, Err(Arc::new(err)), &spec.held_refs());
+            return Box::pin(async {});
+        }
         let ran = self.handle.spawn(self.clone().run_counted(spec));
         Box::pin(async move {
             let _ = ran.await;

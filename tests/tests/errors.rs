@@ -114,6 +114,55 @@ async fn arguments_larger_than_the_guests_memory_are_refused_before_copying() {
     still_serving(&client, &module).await;
 }
 
+/// A self-forking guest fills only the guests' share of the node's unfinished calls: it ends
+/// with an error naming the limit, and a driver's calls keep running meanwhile.
+#[tokio::test]
+async fn a_fork_bomb_is_contained_and_drivers_calls_keep_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ferry::NodeConfig {
+        // Guests may hold 30 unfinished calls, drivers 40.
+        max_pending_calls: 40,
+        ..test_config(dir.path())
+    };
+    let client = Client::embedded_with(config).unwrap();
+    let module = client.load(&testguest_wasm()).unwrap();
+    let bomb: ObjectRef<u64> = module.call("fork_bomb", (0u32,)).unwrap();
+    // Meanwhile a driver's calls run (one at a time: the bomb leaves them ten places).
+    for i in 0..20i64 {
+        let r: ObjectRef<i64> = module.call("add", (i, 1i64)).unwrap();
+        assert_eq!(client.get(&r).await.unwrap(), i + 1);
+    }
+    let err = client.get(&bomb).await.unwrap_err();
+    assert!(
+        err.to_string().contains("too many unfinished calls"),
+        "{err}"
+    );
+    still_serving(&client, &module).await;
+}
+
+/// One task may have at most `max_calls_per_task` unfinished calls.
+#[tokio::test]
+async fn a_task_making_too_many_unfinished_calls_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ferry::NodeConfig {
+        max_calls_per_task: 10,
+        ..test_config(dir.path())
+    };
+    let client = Client::embedded_with(config).unwrap();
+    let module = client.load(&testguest_wasm()).unwrap();
+    // The children wait for a call that spins until its time limit: none finishes first.
+    let gate: ObjectRef<i64> = module.call("spin_forever", ()).unwrap();
+    let r: ObjectRef<u32> = module.call("fan_out", (vec![gate.clone()], 20u32)).unwrap();
+    let err = client.get(&r).await.unwrap_err();
+    assert!(
+        err.to_string().contains("10 of 10 made by this task"),
+        "{err}"
+    );
+    // Within the limit is fine.
+    let r: ObjectRef<u32> = module.call("fan_out", (vec![gate], 5u32)).unwrap();
+    assert_eq!(client.get(&r).await.unwrap(), 5);
+}
+
 #[tokio::test]
 async fn unknown_functions_and_wrong_arity_fail_at_submission() {
     let (_d, client, module) = node_with_guest();

@@ -14,7 +14,7 @@ use ferry_abi::{ModuleId, ObjectId};
 use wasmtime::{Caller, Linker, Memory};
 
 use crate::error::{GetError, StoreError};
-use crate::node::NodeInner;
+use crate::node::{CallOrigin, NodeInner};
 use crate::objects::{ObjectState, ObjectTable, WaitFlags};
 use crate::store::{Layout, Sealed};
 use crate::wasm::engine::MemoryLimiter;
@@ -117,6 +117,9 @@ pub struct TaskState {
     pub memory: Option<Memory>,
     /// Refs this task may use; each holds one reference count until the task ends.
     pub granted: HashSet<ObjectId>,
+    /// Results of the calls this task made that may not have finished (for
+    /// `max_calls_per_task`).
+    children: Vec<ObjectId>,
     staged: Staged,
     /// The object of the last `get`, whose buffers the guest reads next.
     last_object: Option<Arc<Sealed>>,
@@ -155,6 +158,7 @@ impl TaskState {
             clock: Arc::new(GuestClock::new()),
             memory: None,
             granted: HashSet::new(),
+            children: Vec::new(),
             staged: Staged::Empty,
             last_object: None,
             arg_objects: Vec::new(),
@@ -518,13 +522,33 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                 }
             }
             try_status!(st.check_granted(&used));
+            // At most `max_calls_per_task` unfinished calls per task (finished ones are
+            // forgotten when the list is full).
+            let limit = node.config.max_calls_per_task;
+            if st.children.len() as u64 >= limit {
+                st.children.retain(|id| {
+                    matches!(
+                        node.objects.state(*id),
+                        Some(crate::objects::ObjectState::Pending)
+                    )
+                });
+                if st.children.len() as u64 >= limit {
+                    let e = crate::error::CallError::Overloaded {
+                        pending: st.children.len() as u64,
+                        limit,
+                        scope: "made by this task",
+                    };
+                    return Ok(st.refuse(status::HOST_ERROR, e.to_string()));
+                }
+            }
             // The task's grants end with it; the nested task takes counts of its own.
             for id in &used {
                 node.objects.retain(*id);
             }
             let module = request.module.unwrap_or(st.module);
-            match node.submit(module, &request.function, request.args) {
+            match node.submit(module, &request.function, request.args, CallOrigin::Guest) {
                 Ok(id) => {
+                    st.children.push(id);
                     // `submit` took one count for the caller's handle; the task's grant owns it.
                     st.granted.insert(id);
                     write_guest(mem_data, out, &id.0);
@@ -534,6 +558,7 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> 
                     let code = match e {
                         crate::error::CallError::UnknownFunction { .. } => status::UNKNOWN_FUNCTION,
                         crate::error::CallError::ModuleNotLoaded { .. } => status::UNKNOWN_FUNCTION,
+                        crate::error::CallError::Overloaded { .. } => status::HOST_ERROR,
                         _ => status::BAD_REQUEST,
                     };
                     Ok(st.refuse(code, e.to_string()))

@@ -350,3 +350,21 @@ pub fn handles_outlive_each_other(x: i64) -> Result<i64, Error> {
     let inner: Vec<ObjectRef<i64>> = ferry_guest::get(&holder)?;
     ferry_guest::get(&inner[0])
 }
+
+/// Forks itself twice, forever: a fork bomb, for the limits on unfinished calls.
+#[remote]
+pub fn fork_bomb(depth: u32) -> Result<u64, Error> {
+    let a = ferry_guest::call(fork_bomb::REMOTE, (depth + 1,))?;
+    let b = ferry_guest::call(fork_bomb::REMOTE, (depth + 1,))?;
+    Ok(a.get()? + b.get()?)
+}
+
+/// Makes `n` calls that each wait for `gate[0]` (so none finishes while this task runs).
+#[remote]
+pub fn fan_out(gate: Vec<ObjectRef<i64>>, n: u32) -> Result<u32, Error> {
+    let mut made = Vec::new();
+    for _ in 0..n {
+        made.push(ferry_guest::call(add::REMOTE, (gate[0].clone(), 1i64))?);
+    }
+    Ok(made.len() as u32)
+}
