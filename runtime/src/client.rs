@@ -117,12 +117,7 @@ impl Client {
                 let node = inner.clone();
                 let wasm = wasm.to_vec();
                 inner
-                    .block_on(async move {
-                        // Reading the manifest runs the guest, in an instance slot like any call.
-                        let _slot = node.instance_slots.acquire().await;
-                        let (time, mem) = (node.config.time_limit, node.config.memory_limit);
-                        node.modules.load(&wasm, time, mem).await
-                    })
+                    .block_on(async move { node.load_wasm(&wasm).await })
                     .ok_or(ModuleError::NodeStopped)??
             }
         };

@@ -102,6 +102,10 @@ pub enum ModuleError {
     /// The node shut down during the load.
     #[error("the node shut down")]
     NodeStopped,
+    /// Every guest instance is held by a guest waiting for another task, so nothing could
+    /// read the module's signatures (raise `NodeConfig::max_instances`).
+    #[error("{0}")]
+    Busy(String),
     /// Reading the module file failed.
     #[error("could not read {}: {source}", path.display())]
     Read {

@@ -10,7 +10,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::codec;
 use crate::config::NodeConfig;
-use crate::error::{CallError, StoreError};
+use crate::error::{CallError, ModuleError, StoreError};
 use crate::ids::{IdGenerator, NodeId};
 use crate::net::cluster::{Cluster, ClusterOptions, NetError};
 use crate::net::local::LocalNode;
@@ -18,7 +18,7 @@ use crate::net::proto::Load;
 use crate::objects::{BoxFuture, ObjectTable, TableStats};
 use crate::store::spill::SpillDir;
 use crate::store::{ObjectStore, StoreStats};
-use crate::wasm::{ModuleRegistry, ModuleStats, TaskSpec, WasmEngine, run_task};
+use crate::wasm::{LoadedModule, ModuleRegistry, ModuleStats, TaskSpec, WasmEngine, run_task};
 
 /// A node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +137,21 @@ impl NodeInner {
             self.handle.spawn(node.run_counted(spec));
         }
         Ok(id)
+    }
+
+    /// Loads a module (see [`ModuleRegistry::load`]). Reading its manifest runs the guest, so
+    /// it takes an instance slot like a call, with the same stall detection: when every slot
+    /// is held by a guest waiting for another task, the load fails instead of waiting for
+    /// ever (those guests may be waiting for a call of this very module).
+    pub async fn load_wasm(&self, wasm: &[u8]) -> Result<Arc<LoadedModule>, ModuleError> {
+        if let Some(m) = self.modules.get(&crate::ids::module_id(wasm)) {
+            return Ok(m);
+        }
+        let _slot = crate::wasm::acquire_slot(self).await.map_err(|kind| {
+            ModuleError::Busy(format!("the module cannot be loaded now: {kind}"))
+        })?;
+        let (time, mem) = (self.config.time_limit, self.config.memory_limit);
+        self.modules.load(wasm, time, mem).await
     }
 
     /// Runs a call here, counted as submitted until it finishes (for placement's figures).
@@ -402,12 +417,7 @@ impl LocalNode for NodeInner {
     fn load_module(self: Arc<Self>, wasm: Vec<u8>) -> BoxFuture<Result<(), String>> {
         let node = self.clone();
         let loaded = self.handle.spawn(async move {
-            // A load takes an instance slot, as a call does (it runs the module's signature
-            // exports).
-            let _slot = node.instance_slots.acquire().await;
-            let (time, mem) = (node.config.time_limit, node.config.memory_limit);
-            node.modules
-                .load(&wasm, time, mem)
+            node.load_wasm(&wasm)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())
@@ -437,5 +447,43 @@ impl LocalNode for NodeInner {
         Box::pin(async move {
             let _ = ran.await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A load needs an instance slot to read the module's signatures. With every slot held by
+    /// a guest waiting for another task (say, for a call of the module being loaded), it fails
+    /// at once instead of waiting for ever.
+    #[test]
+    fn a_load_with_every_slot_held_by_a_waiting_guest_fails_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = NodeConfig {
+            store_dir: dir.path().to_path_buf(),
+            store_capacity: 16 << 20,
+            cache_dir: None,
+            spill_dir: None,
+            max_instances: 1,
+            ..NodeConfig::default()
+        };
+        let node = Node::start(config).unwrap();
+        let inner = node.inner().clone();
+        let wasm = ferry_tests::testguest_wasm();
+        let loaded = inner.clone().block_on(async move {
+            // The only slot, held by a guest blocked in `get`.
+            let _slot = inner.instance_slots.acquire().await.unwrap();
+            let _waiting = inner.guest_waiting();
+            let load = inner.load_wasm(&wasm);
+            tokio::time::timeout(std::time::Duration::from_secs(60), load)
+                .await
+                .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+        });
+        let err = loaded
+            .unwrap()
+            .expect("the load finished (not timed out)")
+            .unwrap_err();
+        assert!(err.contains("cannot be loaded now"), "{err}");
     }
 }

@@ -123,3 +123,49 @@ fn modules_that_are_not_ferry_modules_are_refused_clearly() {
     let truncated = &testguest_wasm()[..1000];
     assert!(matches!(load_err(truncated), ModuleError::Invalid(_)));
 }
+
+/// A module with `sigs` functions whose signature exports run `sig_body` (WAT instructions
+/// leaving an i32).
+fn module_with_signatures(sigs: usize, sig_body: &str, pages: u32) -> Vec<u8> {
+    let mut funcs = String::new();
+    for i in 0..sigs {
+        funcs.push_str(&format!(
+            "  (func (export \"__ferry_sig_f{i}\") (result i32) {sig_body})\n  \
+             (func (export \"__ferry_fn_f{i}\") (param i32 i32) (result i32) (i32.const 0))\n"
+        ));
+    }
+    let text = format!(
+        r#"(module
+  (@custom "ferry_abi" "\03\00\00\00")
+  (import "ferry" "result" (func $result (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") {pages})
+  (func (export "__ferry_alloc") (param i32 i32) (result i32) (i32.const 1024))
+{funcs})"#
+    );
+    wat::parse_str(text).unwrap()
+}
+
+/// Reading a manifest is bounded: at most 4,096 functions (none of whose signatures is run
+/// then), and at most 1 MiB per signature.
+#[test]
+fn a_manifest_too_large_is_refused() {
+    let many = module_with_signatures(4097, "(i32.const 0)", 1);
+    let err = load_err(&many);
+    assert!(
+        err.to_string()
+            .contains("more than the 4096 a module may have"),
+        "{err}"
+    );
+    // One signature of 2 MiB (zeros).
+    let big = module_with_signatures(
+        1,
+        "(call $result (i32.const 0) (i32.const 2097152) (i32.const 0) (i32.const 0) \
+         (i32.const 0) (i32.const 0))",
+        40,
+    );
+    let err = load_err(&big);
+    assert!(
+        err.to_string().contains("more than the limit of 1048576"),
+        "{err}"
+    );
+}

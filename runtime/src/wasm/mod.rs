@@ -9,4 +9,5 @@ mod windows;
 
 pub use engine::WasmEngine;
 pub use module::{LoadedModule, ModuleRegistry, ModuleStats};
+pub(crate) use task::acquire_slot;
 pub use task::{TaskSpec, run_task};

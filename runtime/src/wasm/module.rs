@@ -47,13 +47,20 @@ pub struct ModuleStats {
     pub from_disk_cache: u64,
 }
 
+/// Most functions (signature exports) one module may have.
+pub const MAX_FUNCTIONS: usize = 4096;
+
+/// Most bytes one function's encoded signature may take.
+pub const MAX_SIGNATURE: usize = 1 << 20;
+
 /// The modules of one node.
 pub struct ModuleRegistry {
     engine: Arc<WasmEngine>,
     linker: Linker<TaskState>,
     modules: RwLock<HashMap<ModuleId, Arc<LoadedModule>>>,
-    /// Serializes loads, so the same bytes loaded twice at once compile once.
-    loading: tokio::sync::Mutex<()>,
+    /// Loads in progress, one lock per module: a second load of the same bytes waits for the
+    /// first (and compiles nothing), loads of other modules go on meanwhile.
+    loading: std::sync::Mutex<HashMap<ModuleId, Arc<tokio::sync::Mutex<()>>>>,
     cache_dir: Option<PathBuf>,
     compiled: AtomicU64,
     from_disk: AtomicU64,
@@ -75,7 +82,7 @@ impl ModuleRegistry {
             engine,
             linker,
             modules: RwLock::new(HashMap::new()),
-            loading: tokio::sync::Mutex::new(()),
+            loading: std::sync::Mutex::new(HashMap::new()),
             cache_dir,
             compiled: AtomicU64::new(0),
             from_disk: AtomicU64::new(0),
@@ -102,8 +109,9 @@ impl ModuleRegistry {
 
     /// Loads the module in `wasm`: finds it if loaded, else compiles it (or reads its
     /// compiled code from the disk cache) and reads its manifest by calling its signature
-    /// exports in a sandboxed instance with no cluster access. Loads are serialized, so the
-    /// same bytes loaded twice at once compile once.
+    /// exports in a sandboxed instance with no cluster access (at most [`MAX_FUNCTIONS`] of
+    /// them, [`MAX_SIGNATURE`] bytes each, `time_limit` for all together). Loads of the same
+    /// bytes are serialized, so they compile once; loads of other modules do not wait.
     pub async fn load(
         &self,
         wasm: &[u8],
@@ -114,10 +122,36 @@ impl ModuleRegistry {
         if let Some(m) = self.get(&id) {
             return Ok(m);
         }
-        let _guard = self.loading.lock().await;
-        if let Some(m) = self.get(&id) {
-            return Ok(m);
+        let lock = self
+            .loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .clone();
+        let loaded = {
+            let _guard = lock.lock().await;
+            match self.get(&id) {
+                Some(m) => Ok(m),
+                None => self.load_new(id, wasm, time_limit, memory_limit).await,
+            }
+        };
+        let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if loading.get(&id).is_some_and(|l| Arc::ptr_eq(l, &lock)) && Arc::strong_count(&lock) == 2
+        {
+            loading.remove(&id);
         }
+        loaded
+    }
+
+    /// Loads a module that is not loaded yet (the caller holds its lock).
+    async fn load_new(
+        &self,
+        id: ModuleId,
+        wasm: &[u8],
+        time_limit: std::time::Duration,
+        memory_limit: u64,
+    ) -> Result<Arc<LoadedModule>, ModuleError> {
         check_abi_section(wasm)?;
         // Compiling takes a while; let the runtime move other tasks off this worker.
         let module = tokio::task::block_in_place(|| self.compile(id, wasm))?;
@@ -154,7 +188,25 @@ impl ModuleRegistry {
                     .map(str::to_owned)
             })
             .collect();
+        if sig_names.len() > MAX_FUNCTIONS {
+            return Err(ModuleError::Invalid(format!(
+                "the module exports {} functions, more than the {MAX_FUNCTIONS} a module may have",
+                sig_names.len()
+            )));
+        }
+        // One time limit for all the signatures together, not one each.
+        let deadline = std::time::Instant::now() + time_limit;
         for name in sig_names {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(ModuleError::Manifest {
+                    function: name,
+                    reason: format!(
+                        "reading the module's signatures took longer than the time limit of \
+                         {time_limit:?} they share"
+                    ),
+                });
+            }
             if module
                 .get_export(&format!("{}{name}", abi::EXPORT_FN_PREFIX))
                 .is_none()
@@ -164,7 +216,7 @@ impl ModuleRegistry {
                     reason: "the module has a signature but no function export".into(),
                 });
             }
-            let sig = read_signature(&loaded, &name, time_limit, memory_limit).await?;
+            let sig = read_signature(&loaded, &name, left, memory_limit).await?;
             loaded.functions.insert(name, sig);
         }
         let loaded = Arc::new(loaded);
@@ -343,6 +395,12 @@ async fn read_signature(
         .into_data()
         .raw_result
         .ok_or_else(|| fail("the signature function returned nothing".into()))?;
+    if bytes.len() > MAX_SIGNATURE {
+        return Err(fail(format!(
+            "its signature takes {} bytes, more than the limit of {MAX_SIGNATURE}",
+            bytes.len()
+        )));
+    }
     let sig: FunctionSig =
         postcard::from_bytes(&bytes).map_err(|e| fail(format!("undecodable signature: {e}")))?;
     if sig.name != name {

@@ -234,7 +234,9 @@ async fn execute<'a>(
 
 /// Waits for an instance slot. If every slot is held by a guest that waits for another task,
 /// no queued task could ever start: fail with a clear error instead of hanging.
-async fn acquire_slot(node: &NodeInner) -> Result<tokio::sync::SemaphorePermit<'_>, TaskErrorKind> {
+pub(crate) async fn acquire_slot(
+    node: &NodeInner,
+) -> Result<tokio::sync::SemaphorePermit<'_>, TaskErrorKind> {
     loop {
         let stalled = node.slots_stalled.notified();
         tokio::pin!(stalled);
