@@ -45,6 +45,24 @@ pub enum ObjectState {
     Elsewhere,
 }
 
+thread_local! {
+    /// Set on threads that must never do disk I/O (the network thread).
+    static NO_DISK_IO: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as one that must never do disk I/O: the network runtime's thread, which
+/// answers keep-alives. Spilling or reading back there is a bug that debug builds catch.
+pub fn forbid_disk_io_on_this_thread() {
+    NO_DISK_IO.set(true);
+}
+
+fn check_disk_io_allowed(what: &str) {
+    debug_assert!(
+        !NO_DISK_IO.get(),
+        "{what} (blocking file I/O) on the network thread"
+    );
+}
+
 /// What the table needs from the cluster layer to reach objects on other nodes.
 pub trait RemoteObjects: Send + Sync + std::fmt::Debug {
     /// Pulls a copy of `id`, whose bytes are not here, into this node's store from wherever
@@ -337,6 +355,7 @@ impl ObjectTable {
         let Some(dir) = &self.spill else {
             return false;
         };
+        check_disk_io_allowed("spilling");
         let free_before = self.store.stats().largest_free;
         let _one_at_a_time = self.spilling.lock().unwrap_or_else(|e| e.into_inner());
         if self.store.stats().largest_free > free_before {
@@ -404,6 +423,7 @@ impl ObjectTable {
     /// Reads a spilled object back into the store (spilling others if needed: its own file
     /// stops counting against the spill capacity meanwhile, so a full disk can still swap).
     fn restore(&self, id: ObjectId, spilled: Arc<Spilled>) -> Result<Arc<Sealed>, GetError> {
+        check_disk_io_allowed("reading a spilled object back");
         let unavailable = |reason: String| GetError::Unavailable { id, reason };
         let lent = spilled.uncount();
         let read = self

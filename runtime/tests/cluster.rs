@@ -360,6 +360,27 @@ fn a_three_node_cluster_runs_calls_ships_code_and_moves_objects() {
     );
     assert!(e.to_string().contains("larger than the limit"), "{e}");
 
+    // A node whose store is full of results it keeps for the driver makes room for an
+    // argument it pulls by spilling them to disk, off its network thread (the nodes are debug
+    // builds, which assert that the network thread never does disk I/O).
+    let kept: Vec<ObjectRef<Vec<u8>>> = (0..10)
+        .map(|_| module.call("make_bytes", (30u32 << 20, 5u8)).unwrap())
+        .collect();
+    rt.block_on(client.wait(kept.clone(), kept.len(), None));
+    let arg = client.put(&vec![3u8; 40 << 20]).unwrap();
+    let pulled: Vec<ObjectRef<u64>> = (0..3)
+        .map(|_| module.call("bytes_len", (arg.clone(),)).unwrap())
+        .collect();
+    for r in &pulled {
+        assert_eq!(
+            rt.block_on(client.get(r)).unwrap(),
+            40 << 20,
+            "{}",
+            c.logs()
+        );
+    }
+    drop((kept, arg, pulled));
+
     // `ferry run --cluster` works too.
     let out = ferry(&[
         "run",

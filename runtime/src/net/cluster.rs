@@ -31,7 +31,9 @@ use crate::net::proto::{
     self, Load, MAX_FRAME, Member, NodeInfo, ProtoError, Request, Response, WireObject,
 };
 use crate::net::tls::{self, Credentials, Identity, NODE_NAME, Role, TlsError};
-use crate::objects::{BoxFuture, ForeignWait, ObjectLocation, ObjectWithRefs, RemoteObjects};
+use crate::objects::{
+    BoxFuture, ForeignWait, ObjectLocation, ObjectTable, ObjectWithRefs, RemoteObjects, WaitFlags,
+};
 use crate::store::Sealed;
 use ferry_core::LocalEvent;
 use ferry_core::TaskSpec;
@@ -253,6 +255,9 @@ impl Cluster {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ferry-net")
+            // The worker (not the blocking pool, which never unparks as a worker) must never
+            // do disk I/O: debug builds check.
+            .on_thread_unpark(crate::objects::forbid_disk_io_on_this_thread)
             .enable_all()
             .build()
             .map_err(NetError::Runtime)?;
@@ -930,9 +935,7 @@ impl Cluster {
     ) -> Result<(), NetError> {
         let local = node.objects().contains(id);
         let found = if local {
-            node.objects()
-                .wait_object(id, Some(Duration::from_secs(30)))
-                .await
+            read_off_net(node.objects(), id, Duration::from_secs(30)).await
         } else {
             Err(GetError::ObjectLost { id })
         };
@@ -1033,7 +1036,7 @@ impl Cluster {
     ) -> Result<Arc<Sealed>, String> {
         let layout = proto::check_object(header, node.objects().store().stats().capacity)
             .map_err(|e| e.to_string())?;
-        let mut block = node.objects().allocate(layout).map_err(|e| e.to_string())?;
+        let mut block = allocate_off_net(node.objects(), layout).await?;
         recv.read_exact(block.as_mut_slice())
             .await
             .map_err(|e| e.to_string())?;
@@ -1171,6 +1174,46 @@ pub(super) fn object_header(sealed: &Sealed, contained: Vec<ObjectId>) -> WireOb
         contained,
         total_len: sealed.len() as u64,
     }
+}
+
+/// Room in the store for an object arriving from the network: at once if it fits, else on a
+/// blocking thread, since making room spills other objects to disk (blocking file I/O must
+/// never hold up the network thread, which answers keep-alives).
+async fn allocate_off_net(
+    objects: &Arc<ObjectTable>,
+    layout: crate::store::Layout,
+) -> Result<crate::store::Block, String> {
+    match objects.store().allocate_object(layout.clone()) {
+        Ok(block) => Ok(block),
+        Err(crate::error::StoreError::Full { .. }) => {
+            let objects = objects.clone();
+            tokio::task::spawn_blocking(move || objects.allocate(layout))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// An object of this node's, once complete, for sending: the wait happens here, the read (which
+/// may bring a spilled object back from disk) on a blocking thread, never on the network's.
+pub(super) async fn read_off_net(
+    objects: &Arc<ObjectTable>,
+    id: ObjectId,
+    timeout: Duration,
+) -> Result<ObjectWithRefs, GetError> {
+    let done = objects
+        .wait_many(&[id], 1, Some(timeout), WaitFlags::All)
+        .await;
+    if done.first() != Some(&true) {
+        return Err(GetError::Timeout { id, timeout });
+    }
+    let objects = objects.clone();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(objects.wait_object(id, Some(timeout))))
+        .await
+        .map_err(|_| GetError::NodeStopped)?
 }
 
 /// A stored object's bytes as `Bytes` that keep it pinned: quinn sends them straight from the

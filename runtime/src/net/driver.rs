@@ -21,7 +21,7 @@ use ferry_core::{
 };
 
 use crate::error::{TaskError, TaskErrorKind};
-use crate::net::cluster::{Cluster, PullError, Pulled, object_header, store_bytes};
+use crate::net::cluster::{Cluster, PullError, Pulled, object_header, read_off_net, store_bytes};
 use crate::net::proto::{Member, NodeInfo, Request, Response, WireTaskError};
 use crate::objects::{Completed, ForeignWait, ObjectLocation, ObjectState, ObjectTable, WaitFlags};
 use ferry_core::TaskSpec;
@@ -329,10 +329,10 @@ impl Cluster {
                 (Some(id), Some(node)) => {
                     let objects = node.objects().clone();
                     drop(node);
-                    objects
-                        .wait_ready(id, Some(Duration::from_secs(30)))
+                    read_off_net(&objects, id, Duration::from_secs(30))
                         .await
                         .ok()
+                        .map(|(sealed, _)| sealed)
                 }
                 _ => None,
             };
@@ -641,7 +641,15 @@ impl Cluster {
             let Some(node) = c.node() else {
                 return;
             };
-            let result = match c.fetch_from(&*node, from.0, id).await {
+            // The transfer runs as a task of its own: if it ends without an answer (a panic),
+            // the core still hears that it failed, so no reader waits for ever.
+            let inner = c.clone();
+            let transfer =
+                tokio::spawn(async move { inner.fetch_from(&*node, from.0, id).await }).await;
+            let transfer = transfer.unwrap_or_else(|e| {
+                Err(PullError::Unavailable(format!("the transfer failed: {e}")))
+            });
+            let result = match transfer {
                 Ok(x) => {
                     c.fetched
                         .lock()
