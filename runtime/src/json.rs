@@ -98,6 +98,17 @@ pub fn args_from_json(sig: &FunctionSig, args: &[String]) -> Result<Vec<EncodedO
     }
     let registry = sig.registry();
     let mut out = Vec::with_capacity(args.len());
+    for (i, param) in sig.params.iter().enumerate() {
+        check_registry(&format_of(sig, &param.ty)?, &registry).map_err(|message| {
+            JsonError::Mismatch {
+                function: sig.name.clone(),
+                argument: i + 1,
+                name: param.name.clone(),
+                ty: param.ty.rust.clone(),
+                message,
+            }
+        })?;
+    }
     for (i, (text, param)) in args.iter().zip(&sig.params).enumerate() {
         let value: Value = serde_json::from_str(text).map_err(|source| JsonError::Syntax {
             argument: i + 1,
@@ -161,6 +172,8 @@ pub fn result_to_json(sig: &FunctionSig, object: &EncodedObject) -> Result<Value
         ty: sig.result.rust.clone(),
         message,
     };
+    check_registry(&format, &registry).map_err(error)?;
+    walk(&object.meta, &format, &registry).map_err(error)?;
     let value = decode(&object.meta, format.clone(), &registry).map_err(error)?;
     let mut b = Buffers {
         stored: &object.buffers,
@@ -178,6 +191,8 @@ pub fn cause_to_json(sig: &FunctionSig, bytes: &[u8]) -> Option<Value> {
     let ty = sig.error.as_ref()?;
     let format = ty.format().ok()?;
     let registry = sig.registry();
+    check_registry(&format, &registry).ok()?;
+    walk(bytes, &format, &registry).ok()?;
     let value = decode(bytes, format.clone(), &registry).ok()?;
     Some(unit_variants(
         value,
@@ -186,6 +201,205 @@ pub fn cause_to_json(sig: &FunctionSig, bytes: &[u8]) -> Option<Value> {
         Direction::Out,
         &mut Buffers::default(),
     ))
+}
+
+/// The deepest nesting a value converted to JSON may have (a result from a guest is
+/// untrusted: converting it recurses once per level).
+pub const MAX_DEPTH: usize = 128;
+
+/// The most values (numbers, strings, elements, fields) one result may hold to be converted
+/// to JSON: a few bytes can claim a sequence of billions of empty values.
+pub const MAX_VALUES: usize = 1 << 24;
+
+/// Refuses a type that contains itself with nothing in between that nests the JSON (only
+/// newtypes and options, as in `struct A(Option<Box<A>>)`): converting a value of it would
+/// never end. (The module's manifest is untrusted: a hand-made one can say anything.)
+fn check_registry(format: &Format, registry: &Registry) -> Result<(), String> {
+    /// The type names `format` reaches without nesting the JSON.
+    fn direct<'a>(format: &'a Format, out: &mut Vec<&'a str>) {
+        match format {
+            Format::TypeName(n) => out.push(n),
+            Format::Option(inner) => direct(inner, out),
+            _ => {}
+        }
+    }
+    let edges = |name: &str| {
+        let mut out = Vec::new();
+        if let Some(ContainerFormat::NewTypeStruct(f)) = registry.get(name) {
+            direct(f, &mut out);
+        }
+        out
+    };
+    let mut roots = Vec::new();
+    direct(format, &mut roots);
+    for name in registry.keys() {
+        roots.push(name);
+    }
+    // Depth-first search for a cycle; `done` types lead to none.
+    let mut done: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for root in roots {
+        let mut path: Vec<(&str, Vec<&str>)> = vec![(root, edges(root))];
+        while let Some((name, next)) = path.last_mut() {
+            let name = *name;
+            match next.pop() {
+                Some(n) if done.contains(n) => {}
+                Some(n) if path.iter().any(|(p, _)| *p == n) => {
+                    return Err(format!(
+                        "the type `{n}` contains itself with nothing in between (only newtypes \
+                         and options), so its values cannot be converted to or from JSON"
+                    ));
+                }
+                Some(n) => {
+                    let e = edges(n);
+                    path.push((n, e));
+                }
+                None => {
+                    done.insert(name);
+                    path.pop();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Walks a postcard value of `format` without building it, refusing one nested deeper than
+/// [`MAX_DEPTH`] or holding more than [`MAX_VALUES`] values, so that decoding it (which
+/// recurses, and allocates per value) is safe.
+fn walk(bytes: &[u8], format: &Format, registry: &Registry) -> Result<(), String> {
+    let mut w = Walk {
+        registry,
+        input: bytes,
+        values: 0,
+    };
+    w.value(format, 0)
+}
+
+struct Walk<'a> {
+    registry: &'a Registry,
+    input: &'a [u8],
+    values: usize,
+}
+
+impl Walk<'_> {
+    fn take(&mut self, n: usize) -> Result<(), String> {
+        if self.input.len() < n {
+            return Err("the value ends early".into());
+        }
+        self.input = &self.input[n..];
+        Ok(())
+    }
+
+    fn varint(&mut self) -> Result<u128, String> {
+        let mut v: u128 = 0;
+        for i in 0..19 {
+            let Some((&b, rest)) = self.input.split_first() else {
+                return Err("the value ends early".into());
+            };
+            self.input = rest;
+            v |= u128::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("a number is too long".into())
+    }
+
+    fn len(&mut self) -> Result<usize, String> {
+        usize::try_from(self.varint()?).map_err(|_| "a length is too large".into())
+    }
+
+    fn value(&mut self, format: &Format, depth: usize) -> Result<(), String> {
+        if depth > MAX_DEPTH {
+            return Err(format!(
+                "the value is nested deeper than {MAX_DEPTH} levels"
+            ));
+        }
+        self.values += 1;
+        if self.values > MAX_VALUES {
+            return Err(format!("the value holds more than {MAX_VALUES} values"));
+        }
+        let d = depth + 1;
+        match format {
+            Format::Variable(_) => Err("the type's format is incomplete".into()),
+            Format::TypeName(name) => match self.registry.get(name) {
+                Some(c) => self.container(c, d),
+                None => Err(format!("the manifest does not describe the type `{name}`")),
+            },
+            Format::Unit => Ok(()),
+            Format::Bool | Format::I8 | Format::U8 => self.take(1),
+            Format::I16
+            | Format::I32
+            | Format::I64
+            | Format::I128
+            | Format::U16
+            | Format::U32
+            | Format::U64
+            | Format::U128 => self.varint().map(|_| ()),
+            Format::F32 => self.take(4),
+            Format::F64 => self.take(8),
+            Format::Char | Format::Str | Format::Bytes => {
+                let n = self.len()?;
+                self.take(n)
+            }
+            Format::Option(inner) => {
+                let tag = self.input.first().copied();
+                self.take(1)?;
+                match tag {
+                    Some(0) => Ok(()),
+                    Some(1) => self.value(inner, d),
+                    _ => Err("an option's tag is neither 0 nor 1".into()),
+                }
+            }
+            Format::Seq(inner) => {
+                for _ in 0..self.len()? {
+                    self.value(inner, d)?;
+                }
+                Ok(())
+            }
+            Format::Map { key, value } => {
+                for _ in 0..self.len()? {
+                    self.value(key, d)?;
+                    self.value(value, d)?;
+                }
+                Ok(())
+            }
+            Format::Tuple(formats) => formats.iter().try_for_each(|f| self.value(f, d)),
+            Format::TupleArray { content, size } => {
+                for _ in 0..*size {
+                    self.value(content, d)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn container(&mut self, container: &ContainerFormat, depth: usize) -> Result<(), String> {
+        match container {
+            ContainerFormat::UnitStruct => Ok(()),
+            ContainerFormat::NewTypeStruct(f) => self.value(f, depth),
+            ContainerFormat::TupleStruct(fs) => fs.iter().try_for_each(|f| self.value(f, depth)),
+            ContainerFormat::Struct(fields) => {
+                fields.iter().try_for_each(|f| self.value(&f.value, depth))
+            }
+            ContainerFormat::Enum(variants) => {
+                let index = u32::try_from(self.varint()?)
+                    .map_err(|_| "an enum's variant index is too large".to_owned())?;
+                let Some(v) = variants.get(&index) else {
+                    return Err(format!("an enum has no variant {index}"));
+                };
+                match &v.value {
+                    VariantFormat::Variable(_) => Err("the type's format is incomplete".into()),
+                    VariantFormat::Unit => Ok(()),
+                    VariantFormat::NewType(f) => self.value(f, depth),
+                    VariantFormat::Tuple(fs) => fs.iter().try_for_each(|f| self.value(f, depth)),
+                    VariantFormat::Struct(fields) => {
+                        fields.iter().try_for_each(|f| self.value(&f.value, depth))
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Out-of-band buffers met while converting: a `Blob` or `Buffer<T>` is a JSON array of
@@ -412,5 +626,110 @@ fn struct_units(
                 .collect(),
         ),
         v => v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_abi::manifest::Param;
+    use serde_reflection::Named;
+    use std::collections::BTreeMap;
+
+    fn sig(ty: Format, registry: &Registry) -> FunctionSig {
+        FunctionSig {
+            name: "f".into(),
+            params: vec![Param {
+                name: "x".into(),
+                ty: TypeDesc::new("T", Ok(ty.clone())),
+            }],
+            result: TypeDesc::new("T", Ok(ty)),
+            error: None,
+            registry: FunctionSig::encode_registry(registry),
+        }
+    }
+
+    fn result(sig: &FunctionSig, meta: Vec<u8>) -> Result<Value, JsonError> {
+        result_to_json(
+            sig,
+            &EncodedObject {
+                meta,
+                buffers: Vec::new(),
+            },
+        )
+    }
+
+    /// A hand-made manifest whose type contains itself through nothing but a newtype and an
+    /// option made the conversion recurse until the stack overflowed.
+    #[test]
+    fn a_type_containing_itself_directly_is_refused() {
+        let mut registry = Registry::new();
+        let a = Format::TypeName("A".into());
+        registry.insert(
+            "A".into(),
+            ContainerFormat::NewTypeStruct(Box::new(Format::Option(Box::new(a.clone())))),
+        );
+        let s = sig(a, &registry);
+        let e = args_from_json(&s, &["5".into()]).unwrap_err().to_string();
+        assert!(e.contains("`A` contains itself"), "{e}");
+        let e = result(&s, vec![1, 1, 0]).unwrap_err().to_string();
+        assert!(e.contains("`A` contains itself"), "{e}");
+    }
+
+    fn list() -> (Format, Registry) {
+        // enum List { Nil, Cons(Box<List>) }
+        let list = Format::TypeName("List".into());
+        let mut variants = BTreeMap::new();
+        variants.insert(
+            0,
+            Named {
+                name: "Nil".into(),
+                value: VariantFormat::Unit,
+            },
+        );
+        variants.insert(
+            1,
+            Named {
+                name: "Cons".into(),
+                value: VariantFormat::NewType(Box::new(list.clone())),
+            },
+        );
+        let mut registry = Registry::new();
+        registry.insert("List".into(), ContainerFormat::Enum(variants));
+        (list, registry)
+    }
+
+    /// A guest's result nested 100,000 levels deep made the conversion overflow the stack.
+    #[test]
+    fn a_result_nested_too_deep_is_refused() {
+        let (list, registry) = list();
+        let s = sig(list, &registry);
+        let mut deep = vec![1u8; 100_000];
+        deep.push(0);
+        let e = result(&s, deep).unwrap_err().to_string();
+        assert!(e.contains("nested deeper than 128"), "{e}");
+        let mut shallow = vec![1u8; 3];
+        shallow.push(0);
+        let v = result(&s, shallow).unwrap();
+        assert_eq!(v, serde_json::json!({"Cons": {"Cons": {"Cons": "Nil"}}}));
+    }
+
+    /// Five bytes claiming 2^40 empty values made the conversion try to build them all.
+    #[test]
+    fn a_result_claiming_too_many_values_is_refused() {
+        let s = sig(Format::Seq(Box::new(Format::Unit)), &Registry::new());
+        let mut meta = Vec::new();
+        let mut n: u64 = 1 << 40;
+        while n >= 0x80 {
+            meta.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        meta.push(n as u8);
+        let e = result(&s, meta).unwrap_err().to_string();
+        assert!(e.contains("more than 16777216 values"), "{e}");
+        assert_eq!(
+            result(&s, vec![2]).unwrap(),
+            serde_json::json!([null, null])
+        );
     }
 }
