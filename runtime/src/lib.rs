@@ -10,6 +10,8 @@ mod client;
 mod codec;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ids;
 pub mod json;
 mod net;

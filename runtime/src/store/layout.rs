@@ -27,11 +27,14 @@ pub struct BufferRange {
 impl BufferRange {
     /// The bytes this buffer occupies with its padding.
     pub fn padded_len(&self) -> u64 {
-        if self.len >= PAGE {
-            self.len.div_ceil(PAGE) * PAGE
-        } else {
-            self.len.div_ceil(MIN_ALIGN) * MIN_ALIGN
-        }
+        // Layouts come from `Layout::plan`, which refuses lengths whose padding overflows.
+        self.padded().unwrap_or(u64::MAX)
+    }
+
+    /// The padded length, `None` if it overflows.
+    fn padded(&self) -> Option<u64> {
+        let align = if self.len >= PAGE { PAGE } else { MIN_ALIGN };
+        self.len.checked_next_multiple_of(align)
     }
 }
 
@@ -63,7 +66,7 @@ impl Layout {
             let align = if len >= PAGE { PAGE } else { MIN_ALIGN };
             let offset = end.checked_add(align - 1)? / align * align;
             let range = BufferRange { offset, len };
-            end = offset.checked_add(range.padded_len())?;
+            end = offset.checked_add(range.padded()?)?;
             buffers.push(range);
         }
         Some(Self {
@@ -101,6 +104,16 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the fuzz corpus (`fuzz/corpus/layout/overflowing-buffers`): a peer announcing a
+    /// buffer of nearly 2^64 bytes overflowed the padding (a panic in debug builds, and in
+    /// release a wrapped, tiny layout whose buffer claimed 2^64 bytes of a small block).
+    #[test]
+    fn lengths_whose_padding_overflows_are_refused() {
+        assert_eq!(Layout::plan(8, &[usize::MAX]), None);
+        assert_eq!(Layout::plan(8, &[usize::MAX - 100]), None);
+        assert!(Layout::plan(8, &[4096, 10]).is_some());
+    }
 
     #[test]
     fn large_buffers_are_page_aligned_and_padded() {
