@@ -79,6 +79,22 @@ impl Default for NodeConfig {
     }
 }
 
+impl NodeConfig {
+    /// A small node in `dir` for the crate's unit tests: a 16 MiB store, no compile cache, no
+    /// spilling, no prefaulting.
+    #[cfg(test)]
+    pub(crate) fn for_tests(dir: &std::path::Path) -> Self {
+        Self {
+            store_dir: dir.to_path_buf(),
+            store_capacity: 16 << 20,
+            prefault: false,
+            cache_dir: None,
+            spill_dir: None,
+            ..Self::default()
+        }
+    }
+}
+
 fn default_capacity() -> u64 {
     const GIB: u64 = 1 << 30;
     // SAFETY: sysconf reads a system constant and takes no pointers.

@@ -83,7 +83,8 @@ pub fn json_result(data: &[u8]) {
     let _ = crate::json::cause_to_json(&sig, meta);
 }
 
-mod samples {
+/// Sample types and signatures, for the fuzz targets and the JSON tests.
+pub(crate) mod samples {
     use std::collections::BTreeMap;
 
     use ferry_abi::manifest::{FunctionSig, Param, TypeDesc};
@@ -96,8 +97,9 @@ mod samples {
         }
     }
 
-    /// A function returning one of the sample types.
-    pub fn signature(which: u8) -> FunctionSig {
+    /// The sample types: `List` (a recursive enum), `Record` (a struct with options, a map
+    /// and itself), and `ferry::Blob`.
+    pub(crate) fn registry() -> Registry {
         let mut registry = Registry::new();
         let list = Format::TypeName("List".into());
         let mut variants = BTreeMap::new();
@@ -108,10 +110,7 @@ mod samples {
         );
         variants.insert(
             2,
-            named(
-                "Pair",
-                VariantFormat::Tuple(vec![Format::I64, list.clone()]),
-            ),
+            named("Pair", VariantFormat::Tuple(vec![Format::I64, list])),
         );
         registry.insert("List".into(), ContainerFormat::Enum(variants));
         registry.insert(
@@ -136,12 +135,11 @@ mod samples {
             "ferry::Blob".into(),
             ContainerFormat::NewTypeStruct(Box::new(Format::U64)),
         );
-        let ty = match which % 4 {
-            0 => list,
-            1 => Format::Seq(Box::new(Format::Tuple(vec![Format::Unit, Format::Bool]))),
-            2 => Format::TypeName("Record".into()),
-            _ => Format::TypeName("ferry::Blob".into()),
-        };
+        registry
+    }
+
+    /// `fn f(x: T) -> T`, with `T` of format `ty` over `registry`.
+    pub(crate) fn signature_of(ty: Format, registry: &Registry) -> FunctionSig {
         FunctionSig {
             name: "f".into(),
             params: vec![Param {
@@ -150,7 +148,18 @@ mod samples {
             }],
             result: TypeDesc::new("T", Ok(ty)),
             error: None,
-            registry: FunctionSig::encode_registry(&registry),
+            registry: FunctionSig::encode_registry(registry),
         }
+    }
+
+    /// A function returning one of the sample types.
+    pub fn signature(which: u8) -> FunctionSig {
+        let ty = match which % 4 {
+            0 => Format::TypeName("List".into()),
+            1 => Format::Seq(Box::new(Format::Tuple(vec![Format::Unit, Format::Bool]))),
+            2 => Format::TypeName("Record".into()),
+            _ => Format::TypeName("ferry::Blob".into()),
+        };
+        signature_of(ty, &registry())
     }
 }

@@ -632,22 +632,7 @@ fn struct_units(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_abi::manifest::Param;
-    use serde_reflection::Named;
-    use std::collections::BTreeMap;
-
-    fn sig(ty: Format, registry: &Registry) -> FunctionSig {
-        FunctionSig {
-            name: "f".into(),
-            params: vec![Param {
-                name: "x".into(),
-                ty: TypeDesc::new("T", Ok(ty.clone())),
-            }],
-            result: TypeDesc::new("T", Ok(ty)),
-            error: None,
-            registry: FunctionSig::encode_registry(registry),
-        }
-    }
+    use crate::fuzzing::samples::{self, signature_of as sig};
 
     fn result(sig: &FunctionSig, meta: Vec<u8>) -> Result<Value, JsonError> {
         result_to_json(
@@ -676,34 +661,10 @@ mod tests {
         assert!(e.contains("`A` contains itself"), "{e}");
     }
 
-    fn list() -> (Format, Registry) {
-        // enum List { Nil, Cons(Box<List>) }
-        let list = Format::TypeName("List".into());
-        let mut variants = BTreeMap::new();
-        variants.insert(
-            0,
-            Named {
-                name: "Nil".into(),
-                value: VariantFormat::Unit,
-            },
-        );
-        variants.insert(
-            1,
-            Named {
-                name: "Cons".into(),
-                value: VariantFormat::NewType(Box::new(list.clone())),
-            },
-        );
-        let mut registry = Registry::new();
-        registry.insert("List".into(), ContainerFormat::Enum(variants));
-        (list, registry)
-    }
-
     /// A guest's result nested 100,000 levels deep made the conversion overflow the stack.
     #[test]
     fn a_result_nested_too_deep_is_refused() {
-        let (list, registry) = list();
-        let s = sig(list, &registry);
+        let s = sig(Format::TypeName("List".into()), &samples::registry());
         let mut deep = vec![1u8; 100_000];
         deep.push(0);
         let e = result(&s, deep).unwrap_err().to_string();

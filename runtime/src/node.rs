@@ -461,12 +461,8 @@ mod tests {
     fn a_load_with_every_slot_held_by_a_waiting_guest_fails_instead_of_hanging() {
         let dir = tempfile::tempdir().unwrap();
         let config = NodeConfig {
-            store_dir: dir.path().to_path_buf(),
-            store_capacity: 16 << 20,
-            cache_dir: None,
-            spill_dir: None,
             max_instances: 1,
-            ..NodeConfig::default()
+            ..NodeConfig::for_tests(dir.path())
         };
         let node = Node::start(config).unwrap();
         let inner = node.inner().clone();

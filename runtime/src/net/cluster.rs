@@ -32,7 +32,8 @@ use crate::net::proto::{
 };
 use crate::net::tls::{self, Credentials, Identity, NODE_NAME, Role, TlsError};
 use crate::objects::{
-    BoxFuture, ForeignWait, ObjectLocation, ObjectTable, ObjectWithRefs, RemoteObjects, WaitFlags,
+    BoxFuture, ForeignWait, ObjectLocation, ObjectState, ObjectTable, ObjectWithRefs,
+    RemoteObjects, WaitFlags,
 };
 use crate::store::Sealed;
 use ferry_core::LocalEvent;
@@ -1203,6 +1204,10 @@ pub(super) async fn read_off_net(
     id: ObjectId,
     timeout: Duration,
 ) -> Result<ObjectWithRefs, GetError> {
+    // Already in memory (an inline result just made, most often): no wait, no file.
+    if let Some(ObjectState::Ready(sealed)) = objects.state(id) {
+        return Ok((sealed, objects.contained(id)));
+    }
     let done = objects
         .wait_many(&[id], 1, Some(timeout), WaitFlags::All)
         .await;

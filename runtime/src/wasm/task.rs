@@ -377,14 +377,7 @@ mod tests {
     #[test]
     fn a_call_with_the_wrong_number_of_arguments_is_refused_before_it_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let config = NodeConfig {
-            store_dir: dir.path().to_path_buf(),
-            store_capacity: 16 << 20,
-            cache_dir: Some(dir.path().join("cache")),
-            spill_dir: None,
-            ..NodeConfig::default()
-        };
-        let client = Client::embedded_with(config).unwrap();
+        let client = Client::embedded_with(NodeConfig::for_tests(dir.path())).unwrap();
         let module = client.load(&ferry_tests::testguest_wasm()).unwrap();
         let node = client.inner().clone();
         let spec = TaskSpec {
